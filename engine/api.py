@@ -1,0 +1,89 @@
+"""Building a decoder from a strategy config, encoding prompts, and the non-streaming API.
+
+`run_to_completion` consumes the same event stream the UI and the SQLite log consume.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from .decoding import SpeculativeDecoder
+from .errors import ConfigError, PromptError
+from .events import StepEvent
+from .metrics import RunMetrics
+from .models import LoadedModel, ModelCache
+from .policies import ConstantLength, HeuristicLength
+from .proposers import DraftModelProposer, PromptLookupProposer
+from .sampling import SamplingConfig
+from .strategies import (
+    AutoregressiveConfig,
+    ChainDrafting,
+    DraftModelConfig,
+    EarlyExitConfig,
+    PromptLookupConfig,
+    StrategyConfig,
+)
+
+MAX_NEW_TOKENS_LIMIT = 4096
+
+
+def check_max_new_tokens(value: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_NEW_TOKENS_LIMIT:
+        raise ConfigError("max_new_tokens", f"must be an integer in [1, {MAX_NEW_TOKENS_LIMIT}], got {value!r}")
+    return value
+
+
+def encode_prompt(tokenizer, prompt: str, raw: bool = False) -> list[int]:
+    """Token ids for a prompt: the chat template with one user message, unless raw or no template."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise PromptError("the prompt is empty")
+    if not raw and getattr(tokenizer, "chat_template", None):
+        return list(
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True, return_dict=True
+            )["input_ids"]
+        )
+    return list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+
+
+def build_decoder(
+    strategy: StrategyConfig, target: LoadedModel, models: ModelCache, sampling: SamplingConfig, progress=None
+) -> SpeculativeDecoder:
+    """Wire a strategy config to a proposer and a draft-length policy."""
+    if isinstance(strategy, AutoregressiveConfig):
+        return SpeculativeDecoder(target, None, None, sampling)
+    assert isinstance(strategy, ChainDrafting)
+    policy = (
+        HeuristicLength(strategy.k, strategy.max_k) if strategy.length_policy == "heuristic" else ConstantLength(strategy.k)
+    )
+    if isinstance(strategy, (DraftModelConfig, EarlyExitConfig)):
+        drafter = models.drafter(target, strategy.drafter, progress=progress)
+        return SpeculativeDecoder(target, DraftModelProposer(drafter.model), policy, sampling)
+    if isinstance(strategy, PromptLookupConfig):
+        return SpeculativeDecoder(target, PromptLookupProposer(strategy.max_ngram, strategy.min_ngram), policy, sampling)
+    raise ConfigError("strategy", f"no builder for strategy {strategy.name!r}")
+
+
+@dataclass
+class RunResult:
+    token_ids: list[int]
+    text: str
+    stop_reason: str | None
+    metrics: RunMetrics
+    events: list[StepEvent] = field(repr=False)
+
+
+def collect(decoder: SpeculativeDecoder, prompt_ids: list[int], max_new_tokens: int) -> Iterator[StepEvent]:
+    """The event stream, with the max_new_tokens check in one place."""
+    return decoder.generate(prompt_ids, check_max_new_tokens(max_new_tokens))
+
+
+def run_to_completion(decoder: SpeculativeDecoder, prompt_ids: list[int], max_new_tokens: int) -> RunResult:
+    start = time.perf_counter()
+    events = list(collect(decoder, prompt_ids, max_new_tokens))
+    wall = time.perf_counter() - start
+    ids = [t.token_id for e in events for t in e.new_tokens]
+    text = decoder.target.tokenizer.decode(ids, skip_special_tokens=True)
+    return RunResult(ids, text, events[-1].stop_reason if events else None, RunMetrics.from_events(events, wall), events)

@@ -1,0 +1,205 @@
+"""The decoding loop: one generator that yields a `StepEvent` per draft-verify step.
+
+The autoregressive baseline is the same loop with no proposer (every step drafts nothing and the
+target adds one "baseline" token), so baseline and speculation share every line that matters
+for speed and for correctness.
+
+Target cache convention (as in transformers' assisted generation): the target's KV cache holds
+every committed token except the last one; each step feeds [last, d1..dk] in ONE forward pass
+and gets k + 1 next-token distributions. After the verdict the cache is cropped to
+(old context + accepted drafts); the recovered/bonus token becomes the new "last".
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import torch
+
+from .causal_lm import CachedCausalLM
+from .detokenize import IncrementalDetokenizer
+from .errors import PromptError
+from .events import DraftedToken, LengthDecision, NewToken, OutputToken, PhaseTimings, StepEvent, TokenCandidate
+from .models import LoadedModel
+from .policies import ConstantLength, DraftLengthPolicy
+from .proposers.base import Proposal, Proposer
+from .sampling import SamplingConfig, check_finite, logits_to_probs
+from .verification import ChainVerdict, verify_greedy, verify_rejection_sampling
+
+TOP_CANDIDATES = 5  # how many of the target's best tokens each event records per position
+
+
+class SpeculativeDecoder:
+    """Target + optional proposer + draft-length policy + sampling settings.
+
+    `proposer=None` is the autoregressive baseline.
+    """
+
+    def __init__(
+        self,
+        target: LoadedModel,
+        proposer: Proposer | None = None,
+        policy: DraftLengthPolicy | None = None,
+        sampling: SamplingConfig = SamplingConfig(),
+    ):
+        self.target = target
+        self.proposer = proposer
+        self.policy = policy or ConstantLength(1)
+        self.sampling = sampling
+
+    def check_prompt(self, prompt_ids: list[int]) -> None:
+        window = self.target.context_window
+        if not prompt_ids:
+            raise PromptError("the prompt is empty")
+        if len(prompt_ids) >= window:
+            raise PromptError(
+                f"the prompt has {len(prompt_ids)} tokens but the model's context window is {window}; "
+                "shorten the prompt"
+            )
+
+    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Iterator[StepEvent]:
+        """Yield one StepEvent per step until EOS, max_new_tokens or the context window.
+
+        Closing the generator (a consumer that stops iterating) stops the run between steps.
+        """
+        self.check_prompt(prompt_ids)
+        sampling, window = self.sampling, self.target.context_window
+        eos_ids = self.target.eos_token_ids
+        generator = sampling.make_generator()
+        detok = IncrementalDetokenizer(self.target.tokenizer, prompt_ids)
+        target = CachedCausalLM(self.target.model)
+        if self.proposer is not None:
+            self.proposer.start(list(prompt_ids))
+        tokens = list(prompt_ids)
+        run_start = time.perf_counter()
+        # Prefill every prompt token but the last: the first step feeds the last one.
+        prefill_forwards = 0
+        if len(tokens) > 1:
+            target.forward(tokens[:-1])
+            prefill_forwards = 1
+        produced = 0
+        step = 0
+        while True:
+            step_start = time.perf_counter()
+            # 1. how much to draft: the policy's choice, clamped so accepted + 1 fits the budget
+            budget = min(max_new_tokens - produced, window - len(tokens))
+            requested, reason, inputs = self.policy.decide() if self.proposer is not None else (0, "autoregressive: no draft", {})
+            allowed = max(0, min(requested, budget - 1))
+            if allowed < requested and self.proposer is not None:
+                reason = f"{reason}; clamped to {allowed} by the remaining budget of {budget} tokens"
+            decision = LengthDecision(requested, allowed, reason, dict(inputs))
+
+            # 2. draft
+            proposal = Proposal([], None)
+            if self.proposer is not None and allowed > 0:
+                proposal = self.proposer.propose(tokens, allowed, sampling, generator)
+            draft = proposal.token_ids[:allowed]
+            draft_probs = None if proposal.draft_probs is None else proposal.draft_probs[: len(draft)]
+            drafted_at = time.perf_counter()
+
+            # 3. verify: one target forward pass over [last, d1..dk] -> k + 1 distributions
+            logits = target.forward([tokens[-1]] + draft, keep_logits=len(draft) + 1)  # [k + 1, vocab]
+            check_finite(logits, "target")
+            target_probs = logits_to_probs(logits, sampling)  # [k + 1, vocab]
+            if sampling.greedy:
+                verdict = verify_greedy(draft, logits)
+            else:
+                verdict = verify_rejection_sampling(draft, draft_probs, target_probs, generator)
+            verified_at = time.perf_counter()
+
+            # 4. commit accepted + recovered/bonus, cut at EOS and the token budget
+            n = verdict.num_accepted
+            kinds = ["accepted"] * n + [verdict.next_kind if draft else "baseline"]
+            committed = draft[:n] + [verdict.next_token]
+            stop_reason = None
+            for i, token in enumerate(committed):
+                if token in eos_ids:
+                    committed, kinds, stop_reason = committed[: i + 1], kinds[: i + 1], "eos"
+                    break
+            context_length = len(tokens)
+            tokens.extend(committed)
+            produced += len(committed)
+            if stop_reason is None and produced >= max_new_tokens:
+                stop_reason = "max_new_tokens"
+            elif stop_reason is None and len(tokens) >= window:
+                stop_reason = "context_window"
+
+            # 5. roll back: target keeps context + accepted drafts; the proposer crops to match
+            if stop_reason is None:
+                target.rollback(context_length + n)
+                self.policy.update(len(draft), n)
+                if self.proposer is not None and draft:
+                    self.proposer.observe(n)
+
+            event = StepEvent(
+                index=step,
+                context_length=context_length,
+                decision=decision,
+                draft=_drafted_tokens(draft, draft_probs, target_probs, verdict, detok, sampling),
+                output=_output_token(verdict, target_probs[n], bool(draft), detok, sampling),
+                new_tokens=tuple(NewToken(t, detok.push(t), kind) for t, kind in zip(committed, kinds)),
+                target_forwards=1 + (prefill_forwards if step == 0 else 0),  # the prefill counts in step 0
+                timings=PhaseTimings(
+                    draft_s=drafted_at - step_start,
+                    verify_s=verified_at - drafted_at,
+                    overhead_s=time.perf_counter() - verified_at,
+                    start_s=step_start - run_start,
+                ),
+                stop_reason=stop_reason,
+            )
+            yield event
+            if stop_reason is not None:
+                return
+            step += 1
+
+
+def _top(dist: torch.Tensor, detok: IncrementalDetokenizer) -> tuple[TokenCandidate, ...]:
+    probs, ids = torch.topk(dist, TOP_CANDIDATES)
+    return tuple(TokenCandidate(int(i), detok.piece(int(i)), float(p)) for p, i in zip(probs, ids) if p > 0)
+
+
+def _drafted_tokens(
+    draft: list[int],
+    draft_probs: torch.Tensor | None,  # [k, vocab]
+    target_probs: torch.Tensor,  # [k + 1, vocab]
+    verdict: ChainVerdict,
+    detok: IncrementalDetokenizer,
+    sampling: SamplingConfig,
+) -> tuple[DraftedToken, ...]:
+    out = []
+    for i, token in enumerate(draft):
+        checked = i <= verdict.num_accepted and i < len(verdict.accept_probs)
+        verdict_name = "accepted" if i < verdict.num_accepted else ("rejected" if checked else "unchecked")
+        out.append(
+            DraftedToken(
+                position=i,
+                token_id=token,
+                text=detok.piece(token),
+                draft_prob=None if draft_probs is None else float(draft_probs[i, token]),
+                target_prob=float(target_probs[i, token]) if checked else None,
+                accept_prob=verdict.accept_probs[i] if checked else None,
+                uniform=verdict.uniforms[i] if checked and not sampling.greedy else None,
+                verdict=verdict_name,
+                target_top=_top(target_probs[i], detok) if checked else (),
+            )
+        )
+    return tuple(out)
+
+
+def _output_token(
+    verdict: ChainVerdict,
+    target_row: torch.Tensor,  # [vocab] the target's distribution at the output position
+    drafted: bool,
+    detok: IncrementalDetokenizer,
+    sampling: SamplingConfig,
+) -> OutputToken:
+    # Greedy draws from a one-hot; show the target's softmax there instead, which says more.
+    dist = target_row if sampling.greedy else verdict.next_distribution
+    return OutputToken(
+        token_id=verdict.next_token,
+        text=detok.piece(verdict.next_token),
+        kind=verdict.next_kind if drafted else "baseline",
+        prob=float(dist[verdict.next_token]),
+        residual_top=_top(dist, detok),
+    )

@@ -1,0 +1,106 @@
+"""Typed step events: the one record of what the decoding loop did.
+
+Glossary (vLLM / Leviathan et al.):
+- accepted: a drafted token the verifier kept;
+- rejected: the first drafted token the verifier refused; everything drafted after it is
+  "unchecked" (discarded without a test);
+- recovered: the token drawn from the residual distribution max(0, p_target - p_draft) at the
+  rejection point (greedy: the target's argmax there);
+- bonus: the extra target token drawn after a fully accepted draft;
+- baseline: the token of a step that drafted nothing (the autoregressive baseline, or an n-gram
+  step with no match).
+
+Everything downstream (UI, SQLite log, CLI, benchmarks, replays) consumes these events.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+VERDICTS = ("accepted", "rejected", "unchecked")
+OUTPUT_KINDS = ("recovered", "bonus", "baseline")
+
+
+@dataclass(frozen=True)
+class TokenCandidate:
+    token_id: int
+    text: str
+    prob: float
+
+
+@dataclass(frozen=True)
+class DraftedToken:
+    """One proposed position and what the verifier decided about it."""
+
+    position: int  # 0-based position in the draft
+    token_id: int
+    text: str
+    draft_prob: float | None  # drafter probability of this token (None: drafter without probabilities, e.g. n-gram)
+    target_prob: float | None  # target probability of this token at this position (None when unchecked)
+    accept_prob: float | None  # min(1, p_target / p_draft); greedy: 1.0 if it is the target's argmax else 0.0
+    uniform: float | None  # the uniform draw compared with accept_prob (None under greedy or when unchecked)
+    verdict: str  # "accepted" | "rejected" | "unchecked"
+    target_top: tuple[TokenCandidate, ...] = ()  # the target's most likely tokens at this position
+
+
+@dataclass(frozen=True)
+class OutputToken:
+    """The token the target itself contributed this step: recovered, bonus or baseline."""
+
+    token_id: int
+    text: str
+    kind: str  # "recovered" | "bonus" | "baseline"
+    prob: float  # probability of this token under the distribution it was drawn from
+    residual_top: tuple[TokenCandidate, ...] = ()  # top of the distribution it was drawn from
+
+
+@dataclass(frozen=True)
+class LengthDecision:
+    """How many tokens the policy asked the proposer for, and why."""
+
+    requested: int  # what the policy wanted
+    allowed: int  # after clamping to the remaining token budget and the context window
+    reason: str
+    inputs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PhaseTimings:
+    draft_s: float
+    verify_s: float
+    overhead_s: float
+    start_s: float  # seconds since the run started when this step began
+
+
+@dataclass(frozen=True)
+class NewToken:
+    """One token appended to the output this step, in order."""
+
+    token_id: int
+    text: str
+    kind: str  # "accepted" | "recovered" | "bonus" | "baseline"
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    index: int  # 0-based step number
+    context_length: int  # tokens in the context (prompt + output) before this step
+    decision: LengthDecision
+    draft: tuple[DraftedToken, ...]  # the proposal (chain), with verdicts
+    output: OutputToken
+    new_tokens: tuple[NewToken, ...]  # accepted tokens then the output token, cut at EOS / budget
+    target_forwards: int  # target forward passes this step (1 for a verification step)
+    timings: PhaseTimings
+    stop_reason: str | None = None  # set on the last step: "eos" | "max_new_tokens" | "context_window"
+
+    @property
+    def num_drafted(self) -> int:
+        return len(self.draft)
+
+    @property
+    def num_accepted(self) -> int:
+        return sum(1 for t in self.draft if t.verdict == "accepted")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

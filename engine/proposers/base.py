@@ -1,0 +1,27 @@
+"""The proposer seam (after transformers' candidate generator): propose, then learn from the verdict."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from ..sampling import SamplingConfig
+
+
+@dataclass(frozen=True)
+class Proposal:
+    token_ids: list[int]  # the drafted chain, k ids (possibly fewer than asked, possibly none)
+    draft_probs: torch.Tensor | None  # [k, vocab] the drafter's (transformed) distributions; None = no probabilities
+
+
+class Proposer(Protocol):
+    def start(self, prompt_ids: list[int]) -> None:
+        """Reset per-run state before the first step."""
+
+    def propose(self, context: list[int], k: int, sampling: SamplingConfig, generator: torch.Generator) -> Proposal:
+        """Draft up to k tokens continuing `context` (prompt + output so far)."""
+
+    def observe(self, num_accepted: int) -> None:
+        """The verifier kept the first num_accepted drafted tokens of the last proposal."""

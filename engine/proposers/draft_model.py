@@ -1,0 +1,50 @@
+"""Chain drafting with a small causal LM (a separate model or the target's early-exit layers)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..causal_lm import CachedCausalLM
+from ..sampling import SamplingConfig, check_finite, logits_to_probs, sample
+from .base import Proposal
+
+
+class DraftModelProposer:
+    """Drafts k tokens one forward pass at a time, reusing its KV cache across steps.
+
+    Cache bookkeeping: the drafter's cache always holds a prefix of the context. Proposing k
+    tokens feeds the uncached context tokens, then d1..d(k-1); after the verdict the cache is
+    cropped to the accepted prefix. When the whole draft was accepted the cache lacks dk, so the
+    next proposal feeds [dk, bonus] to catch up.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        self.lm: CachedCausalLM | None = None
+        self._context_length = 0
+
+    def start(self, prompt_ids: list[int]) -> None:
+        self.lm = CachedCausalLM(self.model)
+
+    def propose(self, context: list[int], k: int, sampling: SamplingConfig, generator: torch.Generator) -> Proposal:
+        assert self.lm is not None, "start() first"
+        self._context_length = len(context)
+        # 1. catch up on the context tokens the cache has not seen (1, or 2 after a full accept)
+        logits = self.lm.forward(context[self.lm.cached_length :])[-1]
+        tokens: list[int] = []
+        probs: list[torch.Tensor] = []
+        for i in range(k):
+            # 2. the same sampling transforms as the target's
+            check_finite(logits, "drafter")
+            dist = logits_to_probs(logits[None], sampling)[0]
+            token = int(dist.argmax()) if sampling.greedy else sample(dist, generator)
+            tokens.append(token)
+            probs.append(dist)
+            # 3. feed the drafted token, except after the last one (its logits would be wasted)
+            if i + 1 < k:
+                logits = self.lm.forward([token])[-1]
+        return Proposal(tokens, torch.stack(probs) if probs else None)
+
+    def observe(self, num_accepted: int) -> None:
+        assert self.lm is not None
+        self.lm.rollback(min(self.lm.cached_length, self._context_length + num_accepted))

@@ -1,0 +1,1 @@
+"""SpecViz: what a person sees or keeps (UI, figures, SQLite store, CLI, benchmarks)."""
