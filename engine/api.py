@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -81,9 +80,7 @@ def collect(decoder: SpeculativeDecoder, prompt_ids: list[int], max_new_tokens: 
 
 
 def run_to_completion(decoder: SpeculativeDecoder, prompt_ids: list[int], max_new_tokens: int) -> RunResult:
-    start = time.perf_counter()
     events = list(collect(decoder, prompt_ids, max_new_tokens))
-    wall = time.perf_counter() - start
     ids = [t.token_id for e in events for t in e.new_tokens]
     text = decoder.target.tokenizer.decode(ids, skip_special_tokens=True)
-    return RunResult(ids, text, events[-1].stop_reason if events else None, RunMetrics.from_events(events, wall), events)
+    return RunResult(ids, text, events[-1].stop_reason if events else None, RunMetrics.from_events(events), events)

@@ -73,6 +73,7 @@ class SpeculativeDecoder:
             self.proposer.start(list(prompt_ids))
         tokens = list(prompt_ids)
         run_start = time.perf_counter()
+        paused = 0.0  # time spent suspended at `yield` (the consumer's work) is not the engine's time
         # Prefill every prompt token but the last: the first step feeds the last one.
         prefill_forwards = 0
         if len(tokens) > 1:
@@ -144,11 +145,14 @@ class SpeculativeDecoder:
                     draft_s=drafted_at - step_start,
                     verify_s=verified_at - drafted_at,
                     overhead_s=time.perf_counter() - verified_at,
-                    start_s=step_start - run_start,
+                    start_s=step_start - run_start - paused,
+                    end_s=time.perf_counter() - run_start - paused,
                 ),
                 stop_reason=stop_reason,
             )
+            yielded_at = time.perf_counter()
             yield event
+            paused += time.perf_counter() - yielded_at
             if stop_reason is not None:
                 return
             step += 1

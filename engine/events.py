@@ -70,7 +70,8 @@ class PhaseTimings:
     draft_s: float
     verify_s: float
     overhead_s: float
-    start_s: float  # seconds since the run started when this step began
+    start_s: float  # engine time (run clock without consumer pauses) when this step began; includes the prefill
+    end_s: float  # engine time when this step's event was ready
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@
 - mean_acceptance_length = 1 + accepted / steps (tokens per verification step, bonus included)
 - per_position_acceptance[i] = share of drafting steps (steps that drafted >= 1 token) whose
   draft position i was accepted (vLLM's definition)
-- wall_s: generation time (model loading excluded); tokens_per_s = new_tokens / wall_s
+- wall_s: engine time from the start of the prefill to the last event (model loading and the
+  consumer's time between steps excluded); tokens_per_s = new_tokens / wall_s
 """
 
 from __future__ import annotations
@@ -34,8 +35,10 @@ class RunMetrics:
     verify_s: float
 
     @classmethod
-    def from_events(cls, events: Iterable[StepEvent], wall_s: float) -> "RunMetrics":
+    def from_events(cls, events: Iterable[StepEvent], wall_s: float | None = None) -> "RunMetrics":
         events = list(events)
+        if wall_s is None:
+            wall_s = events[-1].timings.end_s if events else 0.0
         steps = len(events)
         drafted = sum(e.num_drafted for e in events)
         accepted = sum(e.num_accepted for e in events)

@@ -1,0 +1,265 @@
+"""The SQLite run log (sqlite-utils): runs, steps, drafted tokens, output tokens.
+
+One database file (default `$SPECVIZ_DB`, else `$XDG_DATA_HOME/specviz/specviz.db`, else
+`~/.local/share/specviz/specviz.db`), in WAL mode with foreign keys on. Rows are written as the
+run goes, one transaction per step, so a run that is stopped or killed keeps its steps and stays
+`finished = 0`. The schema is documented in docs/schema.md.
+
+Each thread gets its own connection (sqlite3 connections must not cross threads); a busy
+timeout lets concurrent runs wait for the write lock instead of failing with "database is locked".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from engine.events import DraftedToken, LengthDecision, NewToken, OutputToken, PhaseTimings, StepEvent, TokenCandidate
+from engine.metrics import RunMetrics
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_S = 30.0
+
+
+def default_db_path() -> Path:
+    if os.environ.get("SPECVIZ_DB"):
+        return Path(os.environ["SPECVIZ_DB"])
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "specviz" / "specviz.db"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _candidates(items: tuple[TokenCandidate, ...]) -> str:
+    return json.dumps([[c.token_id, c.text, c.prob] for c in items], ensure_ascii=False)
+
+
+def _parse_candidates(raw: str | None) -> tuple[TokenCandidate, ...]:
+    return tuple(TokenCandidate(int(i), t, float(p)) for i, t, p in json.loads(raw or "[]"))
+
+
+class RunStore:
+    def __init__(self, path: str | os.PathLike | None = None):
+        self.path = Path(path) if path else default_db_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._create_schema()
+
+    # -- connections ---------------------------------------------------------------------------
+    @property
+    def db(self) -> sqlite_utils.Database:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            db = sqlite_utils.Database(conn)
+            self._local.db = db
+        return db
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.conn.close()
+            self._local.db = None
+
+    def _create_schema(self) -> None:
+        db = self.db
+        db.conn.execute("PRAGMA journal_mode = WAL")
+        with db.conn:
+            db["runs"].create(
+                {
+                    "id": int, "created_at": str, "finished_at": str, "finished": int, "status": str,
+                    "source": str, "group_id": str, "strategy": str, "strategy_label": str, "params": str,
+                    "lossless": int, "target": str, "drafter": str, "temperature": float, "top_k": int,
+                    "top_p": float, "seed": int, "max_new_tokens": int, "raw_prompt": int, "prompt": str,
+                    "prompt_tokens": int, "output_text": str, "output_token_ids": str, "stop_reason": str,
+                    "error": str, "new_tokens": int, "steps": int, "target_forwards": int, "drafted": int,
+                    "accepted": int, "acceptance_rate": float, "mean_acceptance_length": float,
+                    "per_position_acceptance": str, "wall_s": float, "tokens_per_s": float,
+                },
+                pk="id",
+                not_null={"created_at", "status", "strategy", "prompt"},
+                defaults={"finished": 0, "status": "running"},
+                if_not_exists=True,
+            )
+            db["steps"].create(
+                {
+                    "run_id": int, "step_index": int, "context_length": int, "requested_k": int,
+                    "allowed_k": int, "k_reason": str, "k_inputs": str, "num_drafted": int,
+                    "num_accepted": int, "output_token_id": int, "output_text": str, "output_kind": str,
+                    "output_prob": float, "output_top": str, "target_forwards": int, "start_s": float, "end_s": float,
+                    "draft_s": float, "verify_s": float, "overhead_s": float, "stop_reason": str,
+                },
+                pk=("run_id", "step_index"),
+                foreign_keys=[("run_id", "runs", "id")],
+                if_not_exists=True,
+            )
+            db["draft_tokens"].create(
+                {
+                    "run_id": int, "step_index": int, "position": int, "token_id": int, "text": str,
+                    "draft_prob": float, "target_prob": float, "accept_prob": float, "uniform": float,
+                    "verdict": str, "target_top": str,
+                },
+                pk=("run_id", "step_index", "position"),
+                foreign_keys=[("run_id", "runs", "id")],
+                if_not_exists=True,
+            )
+            db["output_tokens"].create(
+                {"run_id": int, "seq": int, "step_index": int, "token_id": int, "text": str, "kind": str},
+                pk=("run_id", "seq"),
+                foreign_keys=[("run_id", "runs", "id")],
+                if_not_exists=True,
+            )
+            db["runs"].create_index(["created_at"], if_not_exists=True)
+            db["runs"].create_index(["strategy"], if_not_exists=True)
+            db["runs"].create_index(["group_id"], if_not_exists=True)
+            db["steps"].create_index(["run_id"], if_not_exists=True)
+            db["draft_tokens"].create_index(["run_id", "step_index"], if_not_exists=True)
+            db["output_tokens"].create_index(["run_id", "step_index"], if_not_exists=True)
+            db.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    # -- writing -------------------------------------------------------------------------------
+    def start_run(
+        self,
+        *,
+        strategy,  # engine.StrategyConfig
+        sampling,  # engine.SamplingConfig
+        target: str,
+        drafter: str | None,
+        prompt: str,
+        prompt_tokens: int,
+        max_new_tokens: int,
+        raw_prompt: bool = False,
+        source: str = "cli",
+        group_id: str | None = None,
+    ) -> int:
+        row = {
+            "created_at": _now(), "finished": 0, "status": "running", "source": source, "group_id": group_id,
+            "strategy": strategy.name, "strategy_label": strategy.label(), "params": json.dumps(strategy.params()),
+            "lossless": int(strategy.lossless), "target": target, "drafter": drafter,
+            "temperature": sampling.temperature, "top_k": sampling.top_k, "top_p": sampling.top_p,
+            "seed": sampling.seed, "max_new_tokens": max_new_tokens, "raw_prompt": int(raw_prompt),
+            "prompt": prompt, "prompt_tokens": prompt_tokens,
+        }
+        with self.db.conn:
+            return int(self.db["runs"].insert(row).last_pk)
+
+    def log_step(self, run_id: int, event: StepEvent, first_seq: int) -> None:
+        """Write one step (and its drafted and output tokens) in one transaction."""
+        d, t, o = event.decision, event.timings, event.output
+        step = {
+            "run_id": run_id, "step_index": event.index, "context_length": event.context_length,
+            "requested_k": d.requested, "allowed_k": d.allowed, "k_reason": d.reason,
+            "k_inputs": json.dumps(d.inputs), "num_drafted": event.num_drafted, "num_accepted": event.num_accepted,
+            "output_token_id": o.token_id, "output_text": o.text, "output_kind": o.kind, "output_prob": o.prob,
+            "output_top": _candidates(o.residual_top), "target_forwards": event.target_forwards,
+            "start_s": t.start_s, "end_s": t.end_s, "draft_s": t.draft_s, "verify_s": t.verify_s, "overhead_s": t.overhead_s,
+            "stop_reason": event.stop_reason,
+        }
+        drafts = [
+            {
+                "run_id": run_id, "step_index": event.index, "position": x.position, "token_id": x.token_id,
+                "text": x.text, "draft_prob": x.draft_prob, "target_prob": x.target_prob,
+                "accept_prob": x.accept_prob, "uniform": x.uniform, "verdict": x.verdict,
+                "target_top": _candidates(x.target_top),
+            }
+            for x in event.draft
+        ]
+        outputs = [
+            {"run_id": run_id, "seq": first_seq + i, "step_index": event.index, "token_id": n.token_id,
+             "text": n.text, "kind": n.kind}
+            for i, n in enumerate(event.new_tokens)
+        ]
+        db = self.db
+        with db.conn:
+            db["steps"].insert(step)
+            if drafts:
+                db["draft_tokens"].insert_all(drafts)
+            if outputs:
+                db["output_tokens"].insert_all(outputs)
+
+    def finish_run(
+        self,
+        run_id: int,
+        *,
+        status: str,
+        token_ids: list[int],
+        text: str,
+        metrics: RunMetrics | None,
+        stop_reason: str | None,
+        error: str | None = None,
+    ) -> None:
+        update: dict[str, Any] = {
+            "finished": int(status == "finished"), "status": status, "finished_at": _now(),
+            "output_text": text, "output_token_ids": json.dumps(token_ids), "stop_reason": stop_reason, "error": error,
+        }
+        if metrics is not None:
+            m = metrics.to_dict()
+            m["per_position_acceptance"] = json.dumps(m["per_position_acceptance"])
+            update.update({k: v for k, v in m.items() if k not in ("draft_s", "verify_s")})
+        with self.db.conn:
+            self.db["runs"].update(run_id, update)
+
+    # -- reading -------------------------------------------------------------------------------
+    def list_runs(self, limit: int = 200, strategy: str | None = None, search: str | None = None) -> list[dict]:
+        where, params = [], {}
+        if strategy:
+            where.append("strategy = :strategy")
+            params["strategy"] = strategy
+        if search:
+            where.append("prompt LIKE :search")
+            params["search"] = f"%{search}%"
+        return list(
+            self.db["runs"].rows_where(
+                " AND ".join(where) or None, params, order_by="id DESC", limit=limit
+            )
+        )
+
+    def get_run(self, run_id: int) -> dict | None:
+        try:
+            return self.db["runs"].get(run_id)
+        except sqlite_utils.db.NotFoundError:
+            return None
+
+    def load_events(self, run_id: int) -> list[StepEvent]:
+        """Rebuild the run's step events from the log, for replays (no model needed)."""
+        db = self.db
+        drafts: dict[int, list[DraftedToken]] = {}
+        for r in db["draft_tokens"].rows_where("run_id = ?", [run_id], order_by="step_index, position"):
+            drafts.setdefault(r["step_index"], []).append(
+                DraftedToken(
+                    r["position"], r["token_id"], r["text"], r["draft_prob"], r["target_prob"], r["accept_prob"],
+                    r["uniform"], r["verdict"], _parse_candidates(r["target_top"]),
+                )
+            )
+        outputs: dict[int, list[NewToken]] = {}
+        for r in db["output_tokens"].rows_where("run_id = ?", [run_id], order_by="seq"):
+            outputs.setdefault(r["step_index"], []).append(NewToken(r["token_id"], r["text"], r["kind"]))
+        events = []
+        for r in db["steps"].rows_where("run_id = ?", [run_id], order_by="step_index"):
+            i = r["step_index"]
+            events.append(
+                StepEvent(
+                    index=i,
+                    context_length=r["context_length"],
+                    decision=LengthDecision(r["requested_k"], r["allowed_k"], r["k_reason"], json.loads(r["k_inputs"] or "{}")),
+                    draft=tuple(drafts.get(i, ())),
+                    output=OutputToken(r["output_token_id"], r["output_text"], r["output_kind"], r["output_prob"],
+                                       _parse_candidates(r["output_top"])),
+                    new_tokens=tuple(outputs.get(i, ())),
+                    target_forwards=r["target_forwards"],
+                    timings=PhaseTimings(r["draft_s"], r["verify_s"], r["overhead_s"], r["start_s"], r["end_s"]),
+                    stop_reason=r["stop_reason"],
+                )
+            )
+        return events
