@@ -1,0 +1,209 @@
+"""Benchmark: strategies x prompt-suite categories, and the engine against transformers.
+
+    specviz bench                                   # every strategy, 1 prompt per category
+    specviz bench --strategies ar,prompt_lookup --per-category 3 --max-new-tokens 96
+    specviz bench --reference                       # + our ar vs generate(), our draft_model vs assisted generation
+
+Speedup = wall time of the `ar` baseline / wall time of the strategy, both measured in this one
+run, on the same prompt, seed and machine, one after the other (never concurrently). Greedy
+decoding unless --temperature is given; under greedy every row also says whether the text is
+identical to the baseline. Results print as Markdown tables and optionally go to a JSON file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from engine import (
+    EMBEDDED_DEFAULT,
+    ModelCache,
+    SamplingConfig,
+    SpecVizError,
+    build_decoder,
+    encode_prompt,
+    parse_strategy,
+    run_to_completion,
+)
+from engine.strategies import STRATEGIES
+
+from .prompts import by_category, load_prompt_suite
+
+
+@dataclass
+class Row:
+    strategy: str
+    category: str
+    prompt_id: str
+    new_tokens: int
+    steps: int
+    drafted: int
+    accepted: int
+    wall_s: float
+    baseline_wall_s: float
+    identical: bool | None
+    per_position: list[float] = field(default_factory=list)
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
+
+
+def summarise(rows: list[Row]) -> list[dict]:
+    """One line per (strategy, category) and per strategy overall: speedup from summed wall times."""
+    groups: dict[tuple[str, str], list[Row]] = {}
+    for r in rows:
+        groups.setdefault((r.strategy, r.category), []).append(r)
+        groups.setdefault((r.strategy, "ALL"), []).append(r)
+    out = []
+    for (strategy, category), rs in groups.items():
+        steps = sum(r.steps for r in rs)
+        drafted = sum(r.drafted for r in rs)
+        accepted = sum(r.accepted for r in rs)
+        wall = sum(r.wall_s for r in rs)
+        identical = [r.identical for r in rs if r.identical is not None]
+        out.append({
+            "strategy": strategy, "category": category, "prompts": len(rs),
+            "speedup": _ratio(sum(r.baseline_wall_s for r in rs), wall),
+            "mean_acceptance_length": 1 + accepted / steps if steps else float("nan"),
+            "acceptance_rate": accepted / drafted if drafted else float("nan"),
+            "tokens_per_s": _ratio(sum(r.new_tokens for r in rs), wall),
+            "identical": (all(identical) if identical else None),
+        })
+    return out
+
+
+def markdown(summary: list[dict]) -> str:
+    lines = ["| strategy | category | prompts | speedup | mean acc. length | acc. rate | tok/s | identical |",
+             "|---|---|---|---|---|---|---|---|"]
+    for s in sorted(summary, key=lambda s: (s["strategy"], s["category"] == "ALL", s["category"])):
+        ident = "n/a" if s["identical"] is None else ("yes" if s["identical"] else "NO")
+        lines.append(
+            f"| {s['strategy']} | {s['category']} | {s['prompts']} | {s['speedup']:.2f}x | "
+            f"{s['mean_acceptance_length']:.2f} | {s['acceptance_rate']:.2f} | {s['tokens_per_s']:.1f} | {ident} |"
+        )
+    return "\n".join(lines)
+
+
+def run_suite(args: argparse.Namespace, models: ModelCache) -> list[Row]:
+    target = models.get(args.target, progress=lambda m: print(m, file=sys.stderr))
+    sampling = SamplingConfig(temperature=args.temperature, seed=args.seed)
+    suite = by_category(load_prompt_suite())
+    categories = args.categories.split(",") if args.categories else list(suite)
+    strategies = [parse_strategy(name) for name in args.strategies.split(",")]
+    rows: list[Row] = []
+    for category in categories:
+        if category not in suite:
+            raise SpecVizError(f"unknown category {category!r}; the suite has {', '.join(suite)}")
+        for prompt in suite[category][: args.per_category]:
+            ids = encode_prompt(target.tokenizer, prompt.prompt)
+            n = args.max_new_tokens or prompt.max_new_tokens
+            baseline = run_to_completion(build_decoder(parse_strategy("ar"), target, models, sampling), ids, n)
+            for strategy in strategies:
+                result = baseline if strategy.name == "ar" else run_to_completion(
+                    build_decoder(strategy, target, models, sampling), ids, n
+                )
+                m = result.metrics
+                rows.append(Row(
+                    strategy.name, category, prompt.id, m.new_tokens, m.steps, m.drafted, m.accepted, m.wall_s,
+                    baseline.metrics.wall_s, result.token_ids == baseline.token_ids if sampling.greedy else None,
+                    m.per_position_acceptance,
+                ))
+                print(f"{prompt.id:<18} {strategy.name:<14} {m.new_tokens:>4} tok {m.wall_s:6.2f} s "
+                      f"speedup {_ratio(baseline.metrics.wall_s, m.wall_s):.2f}x "
+                      f"MAL {m.mean_acceptance_length:.2f}", file=sys.stderr)
+    return rows
+
+
+def reference_comparison(args: argparse.Namespace, models: ModelCache) -> list[dict]:
+    """Our baseline vs `generate()`, our draft_model vs assisted generation, same drafter and K."""
+    target = models.get(args.target)
+    strategy = parse_strategy("draft_model", {"k": str(args.reference_k)})
+    drafter = models.drafter(target, strategy.drafter)
+    suite = by_category(load_prompt_suite())
+    out = []
+    for category, prompts in suite.items():
+        prompt = prompts[0]
+        ids = encode_prompt(target.tokenizer, prompt.prompt)
+        n = args.max_new_tokens or prompt.max_new_tokens
+        x = torch.tensor([ids])
+        greedy = SamplingConfig()
+
+        def timed(fn):
+            start = time.perf_counter()
+            value = fn()
+            return value, time.perf_counter() - start
+
+        with torch.inference_mode():
+            hf_ids, hf_s = timed(lambda: target.model.generate(x, max_new_tokens=n, do_sample=False)[0, len(ids):].tolist())
+            ours = run_to_completion(build_decoder(parse_strategy("ar"), target, models, greedy), ids, n)
+            hf_assist_ids, hf_assist_s = timed(lambda: target.model.generate(
+                x, max_new_tokens=n, do_sample=False, assistant_model=drafter.model,
+                num_assistant_tokens=args.reference_k, num_assistant_tokens_schedule="constant",
+                assistant_confidence_threshold=0.0,
+            )[0, len(ids):].tolist())
+            spec = run_to_completion(build_decoder(strategy, target, models, greedy), ids, n)
+        row = {
+            "prompt": prompt.id, "tokens": ours.metrics.new_tokens,
+            "generate_s": hf_s, "ar_s": ours.metrics.wall_s, "ar_vs_generate": _ratio(hf_s, ours.metrics.wall_s),
+            "ar_identical": ours.token_ids == hf_ids,
+            "assisted_s": hf_assist_s, "draft_model_s": spec.metrics.wall_s,
+            "draft_model_vs_assisted": _ratio(hf_assist_s, spec.metrics.wall_s),
+            "draft_identical": spec.token_ids == hf_assist_ids,
+        }
+        out.append(row)
+        print(json.dumps(row), file=sys.stderr)
+    return out
+
+
+def reference_markdown(rows: list[dict]) -> str:
+    lines = ["| prompt | tokens | generate() s | ar s | ar speed vs generate() | same text | assisted s | draft_model s | draft_model speed vs assisted | same text |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['prompt']} | {r['tokens']} | {r['generate_s']:.2f} | {r['ar_s']:.2f} | {r['ar_vs_generate']:.2f}x | "
+            f"{'yes' if r['ar_identical'] else 'NO'} | {r['assisted_s']:.2f} | {r['draft_model_s']:.2f} | "
+            f"{r['draft_model_vs_assisted']:.2f}x | {'yes' if r['draft_identical'] else 'NO'} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="specviz bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated strategy names")
+    parser.add_argument("--categories", default="", help="comma-separated categories (default: all)")
+    parser.add_argument("--per-category", type=int, default=1, help="prompts per category")
+    parser.add_argument("--max-new-tokens", type=int, default=0, help="0 = each prompt's own budget")
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--target", default=EMBEDDED_DEFAULT)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    parser.add_argument("--reference", action="store_true", help="also compare with transformers generate()/assisted generation")
+    parser.add_argument("--reference-k", type=int, default=4, help="draft length K for the assisted-generation comparison")
+    parser.add_argument("--out", help="write rows and summaries to this JSON file")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    models = ModelCache()
+    rows = run_suite(args, models)
+    summary = summarise(rows)
+    print(markdown(summary))
+    result = {"rows": [r.__dict__ for r in rows], "summary": summary, "threads": torch.get_num_threads()}
+    if args.reference:
+        ref = reference_comparison(args, models)
+        print()
+        print(reference_markdown(ref))
+        result["reference"] = ref
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

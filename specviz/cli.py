@@ -1,0 +1,156 @@
+"""Command line: `specviz run`, `specviz strategies`, `specviz bench`.
+
+User mistakes (bad parameters, empty prompts, unknown models) print one line to stderr and exit
+with status 2; nothing prints a traceback for them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from engine import EMBEDDED_DEFAULT, ModelCache, SamplingConfig, SpecVizError, describe_strategies, parse_strategy
+from engine.errors import ConfigError
+
+from .runner import RunRequest, Runner
+from .store import RunStore, default_db_path
+
+EXIT_USAGE = 2
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own errors: one line, exit 2
+        self.exit(EXIT_USAGE, f"specviz: error: {message}\n")
+
+
+def _parse_params(items: list[str]) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError("--param", f"expected key=value, got {item!r}")
+        params[key.strip()] = value.strip()
+    return params
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _ArgumentParser(prog="specviz", description="SpecViz: a lab for speculative decoding.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="generate text with one strategy and log the run")
+    source = run.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", help="prompt text")
+    source.add_argument("--prompt-file", help="read the prompt text from this file")
+    run.add_argument("--strategy", required=True, help="strategy name (see `specviz strategies`)")
+    run.add_argument("--target", default=EMBEDDED_DEFAULT, help=f"target model: hub id or folder (default {EMBEDDED_DEFAULT})")
+    run.add_argument("--drafter", help="drafter model for draft_model: hub id, folder, or early-exit:N")
+    run.add_argument("--max-new-tokens", type=int, default=128)
+    run.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    run.add_argument("--top-k", type=int, default=0)
+    run.add_argument("--top-p", type=float, default=1.0)
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="strategy parameter (repeatable)")
+    run.add_argument("--raw", action="store_true", help="do not apply the chat template")
+    run.add_argument("--db", help=f"SQLite log (default $SPECVIZ_DB or {default_db_path()})")
+    run.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+    strategies = sub.add_parser("strategies", help="list strategies and their parameters")
+    strategies.add_argument("--json", action="store_true")
+
+    sub.add_parser("bench", help="benchmark strategies on the prompt suite (specviz bench --help)", add_help=False)
+    return parser
+
+
+def _read_prompt(args: argparse.Namespace) -> str:
+    if args.prompt_file is None:
+        return args.prompt
+    try:
+        with open(args.prompt_file, encoding="utf-8") as f:
+            return f.read()
+    except OSError as exc:
+        raise ConfigError("--prompt-file", f"cannot read {args.prompt_file!r}: {exc.strerror or exc}") from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    params = _parse_params(args.param)
+    if args.drafter is not None:
+        params["drafter"] = args.drafter
+    strategy = parse_strategy(args.strategy, params)
+    sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    request = RunRequest(
+        prompt=_read_prompt(args), strategy=strategy, sampling=sampling, max_new_tokens=args.max_new_tokens,
+        target=args.target, raw=args.raw, source="cli",
+    )
+    runner = Runner(ModelCache(), RunStore(args.db))
+    progress = None if args.json else (lambda message: print(message, file=sys.stderr))
+    prepared = runner.prepare(request, progress=progress)
+    last = None
+    for update in runner.stream(prepared):
+        last = update
+        if not args.json:
+            print("".join(t.text for t in update.event.new_tokens), end="", flush=True)
+    assert last is not None
+    text = prepared.tokenizer.decode(last.token_ids, skip_special_tokens=True)
+    m = last.metrics
+    if args.json:
+        metrics = {
+            key: getattr(m, key)
+            for key in ("new_tokens", "steps", "target_forwards", "drafted", "accepted", "acceptance_rate",
+                        "mean_acceptance_length", "per_position_acceptance", "wall_s", "tokens_per_s")
+        }
+        print(json.dumps({
+            "run_id": last.run_id, "strategy": strategy.name, "text": text, "token_ids": last.token_ids,
+            "finished": last.done, "stop_reason": last.event.stop_reason, "metrics": metrics,
+        }, ensure_ascii=False))
+    else:
+        rate = "n/a" if m.acceptance_rate is None else f"{m.acceptance_rate:.2f}"
+        print(
+            f"\n\n[run {last.run_id}] {strategy.label()}: {m.new_tokens} tokens in {m.steps} steps, "
+            f"{m.wall_s:.2f} s ({m.tokens_per_s:.1f} tok/s), acceptance rate {rate}, "
+            f"mean acceptance length {m.mean_acceptance_length:.2f}, stop: {last.event.stop_reason}",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def cmd_strategies(args: argparse.Namespace) -> int:
+    items = describe_strategies()
+    if args.json:
+        print(json.dumps(items, indent=2))
+        return 0
+    for s in items:
+        flag = "lossless" if s["lossless"] else "LOSSY"
+        params = ", ".join(f"{k}={v['default']}" for k, v in s["parameters"].items()) or "no parameters"
+        print(f"{s['name']:<15} [{flag}] {s['description']}\n{'':<16}{params}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        if argv[:1] == ["bench"]:  # the benchmark has its own argument parser
+            from .bench import main as bench_main
+
+            return bench_main(argv[1:])
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as exc:  # argparse's usage errors and --help
+            return int(exc.code or 0)
+        if args.command == "run":
+            return cmd_run(args)
+        if args.command == "strategies":
+            return cmd_strategies(args)
+    except SpecVizError as exc:
+        print(f"specviz: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("specviz: interrupted; the run is logged as unfinished", file=sys.stderr)
+        return 130
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

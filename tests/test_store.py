@@ -1,0 +1,129 @@
+"""The SQLite run log: schema, verbatim text, incremental writes, replay, concurrency."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+
+import pytest
+
+from engine import SamplingConfig, parse_strategy
+from engine.events import DraftedToken, LengthDecision, NewToken, OutputToken, PhaseTimings, StepEvent, TokenCandidate
+from engine.metrics import RunMetrics
+from specviz.store import RunStore
+
+NASTY = "Robert'); DROP TABLE runs;-- <script>alert(\"x\")</script> \u00e9\u4e2d\U0001f600 \n\ttabs"
+
+
+def make_event(index: int, accepted: int = 1, drafted: int = 3, stop: str | None = None) -> StepEvent:
+    draft = tuple(
+        DraftedToken(
+            position=i, token_id=10 + i, text=f"<d{i}>'\"", draft_prob=0.5, target_prob=0.4 if i <= accepted else None,
+            accept_prob=0.8 if i <= accepted else None, uniform=0.1 if i < accepted else (0.9 if i == accepted else None),
+            verdict="accepted" if i < accepted else ("rejected" if i == accepted else "unchecked"),
+            target_top=(TokenCandidate(7, "x", 0.6), TokenCandidate(8, NASTY, 0.2)) if i <= accepted else (),
+        )
+        for i in range(drafted)
+    )
+    new = tuple(NewToken(10 + i, f"<d{i}>'\"", "accepted") for i in range(accepted)) + (NewToken(99, NASTY, "recovered"),)
+    return StepEvent(
+        index=index, context_length=20 + index, decision=LengthDecision(3, drafted, "constant K = 3", {"k": 3}),
+        draft=draft, output=OutputToken(99, NASTY, "recovered", 0.7, (TokenCandidate(99, NASTY, 0.7),)),
+        new_tokens=new, target_forwards=1, timings=PhaseTimings(0.01, 0.02, 0.001, index * 0.1, index * 0.1 + 0.031),
+        stop_reason=stop,
+    )
+
+
+def start(store: RunStore, prompt: str = NASTY) -> int:
+    return store.start_run(
+        strategy=parse_strategy("draft_model", {"k": "3"}), sampling=SamplingConfig(temperature=0.5, seed=3),
+        target="smollm2-135m-instruct", drafter="early-exit:6", prompt=prompt, prompt_tokens=12, max_new_tokens=32,
+    )
+
+
+def test_schema_wal_foreign_keys_and_indexes(tmp_path):
+    store = RunStore(tmp_path / "runs.db")
+    conn = sqlite3.connect(tmp_path / "runs.db")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"runs", "steps", "draft_tokens", "output_tokens"} <= tables
+    for table in ("steps", "draft_tokens", "output_tokens"):
+        fks = conn.execute(f"PRAGMA foreign_key_list({table})").fetchall()
+        assert any(fk[2] == "runs" for fk in fks), table
+    indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    assert any("created_at" in name for name in indexes)
+    assert store.db.conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+
+
+def test_steps_rejected_for_unknown_run(tmp_path):
+    store = RunStore(tmp_path / "runs.db")
+    with pytest.raises(sqlite3.IntegrityError):
+        store.log_step(12345, make_event(0), first_seq=0)
+
+
+def test_round_trip_is_verbatim_and_replayable(tmp_path):
+    store = RunStore(tmp_path / "runs.db")
+    run_id = start(store)
+    events = [make_event(0), make_event(1, accepted=3), make_event(2, accepted=0, stop="eos")]
+    seq = 0
+    for e in events:
+        store.log_step(run_id, e, first_seq=seq)
+        seq += len(e.new_tokens)
+    metrics = RunMetrics.from_events(events)
+    store.finish_run(run_id, status="finished", token_ids=[1, 2], text=NASTY, metrics=metrics, stop_reason="eos")
+    run = store.get_run(run_id)
+    assert run["prompt"] == NASTY and run["output_text"] == NASTY
+    assert run["finished"] == 1 and run["status"] == "finished"
+    assert run["mean_acceptance_length"] == pytest.approx(metrics.mean_acceptance_length)
+    assert store.load_events(run_id) == events
+    assert store.db["output_tokens"].count == seq
+
+
+def test_unfinished_run_keeps_its_steps(tmp_path):
+    path = tmp_path / "runs.db"
+    store = RunStore(path)
+    run_id = start(store)
+    store.log_step(run_id, make_event(0), first_seq=0)
+    store.log_step(run_id, make_event(1), first_seq=2)
+    store.close()  # the process "dies" without finish_run
+    reopened = RunStore(path)
+    run = reopened.get_run(run_id)
+    assert run["finished"] == 0 and run["status"] == "running"
+    assert len(reopened.load_events(run_id)) == 2
+
+
+def test_list_runs_newest_first_and_filters(tmp_path):
+    store = RunStore(tmp_path / "runs.db")
+    a = start(store, "first prompt")
+    b = start(store, "second prompt")
+    assert [r["id"] for r in store.list_runs()] == [b, a]
+    assert [r["id"] for r in store.list_runs(search="first")] == [a]
+    assert store.list_runs(strategy="ar") == []
+    assert store.get_run(999) is None
+
+
+def test_concurrent_writers_lose_nothing(tmp_path):
+    path = tmp_path / "runs.db"
+    store = RunStore(path)
+    errors: list[Exception] = []
+
+    def writer() -> None:
+        try:
+            run_id = start(store)
+            seq = 0
+            for i in range(25):
+                e = make_event(i)
+                store.log_step(run_id, e, first_seq=seq)
+                seq += len(e.new_tokens)
+            store.finish_run(run_id, status="finished", token_ids=[], text="", metrics=None, stop_reason=None)
+        except Exception as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert store.db["steps"].count == 100
+    assert all(r["finished"] == 1 for r in store.list_runs())
