@@ -1,0 +1,39 @@
+"""The benchmark command runs end to end on the embedded model and reports consistent numbers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from specviz import cli
+from specviz.bench import Row, markdown, summarise
+
+
+def test_summary_uses_summed_wall_times_and_established_definitions():
+    rows = [
+        Row("prompt_lookup", "rag", "rag-00", new_tokens=10, steps=5, drafted=8, accepted=5, wall_s=1.0,
+            baseline_wall_s=2.0, identical=True),
+        Row("prompt_lookup", "rag", "rag-01", new_tokens=10, steps=10, drafted=4, accepted=0, wall_s=3.0,
+            baseline_wall_s=2.0, identical=False),
+    ]
+    (overall,) = [s for s in summarise(rows) if s["category"] == "ALL"]
+    assert overall["speedup"] == pytest.approx(4.0 / 4.0)
+    assert overall["mean_acceptance_length"] == pytest.approx(1 + 5 / 15)
+    assert overall["acceptance_rate"] == pytest.approx(5 / 12)
+    assert overall["identical"] is False
+    assert "| prompt_lookup | rag | 2 |" in markdown(summarise(rows))
+
+
+@pytest.mark.slow
+def test_bench_command_runs_and_checks_identity(tmp_path, capsys):
+    out_file = tmp_path / "bench.json"
+    code = cli.main(["bench", "--categories", "rag", "--strategies", "ar,prompt_lookup",
+                     "--max-new-tokens", "6", "--out", str(out_file)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "| prompt_lookup | ALL |" in out
+    result = json.loads(out_file.read_text())
+    assert {r["strategy"] for r in result["rows"]} == {"ar", "prompt_lookup"}
+    assert all(r["identical"] for r in result["rows"])
+    assert all(r["new_tokens"] <= 6 for r in result["rows"])
