@@ -1,0 +1,212 @@
+"""Shared fixtures and helpers for the engine tests.
+
+- Tiny random Llama models (built in-process, no downloads) with a tokenizer-free fake tokenizer.
+- The real embedded default model (SmolLM2-135M-Instruct), loaded once per session.
+- The project's prompt suite (assets/prompts.jsonl).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine import EMBEDDED_DEFAULT, LoadedModel, ModelCache
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PROMPTS_PATH = REPO_ROOT / "assets" / "prompts.jsonl"
+
+# The machines that run this suite have 2 cores; more threads only add contention.
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Tiny models are dominated by per-call overhead: one thread is as fast and does not spin
+    against other processes on a 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# --------------------------------------------------------------------------- prompt suite
+
+
+def load_prompts(path: Path = PROMPTS_PATH) -> list[dict]:
+    """The project's prompt suite: one JSON object per line with id, category, prompt, max_new_tokens."""
+    prompts = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                prompts.append(json.loads(line))
+    return prompts
+
+
+# --------------------------------------------------------------------------- tiny models
+
+
+class FakeTokenizer:
+    """Just enough of a tokenizer for the engine: decode, get_vocab, eos_token_id.
+
+    Token i decodes to "t{i} " (a prefix other than "t" gives a different vocabulary).
+    """
+
+    chat_template = None
+
+    def __init__(self, vocab_size: int, eos_token_id: int | None = None, prefix: str = "t"):
+        self.vocab_size = vocab_size
+        self.eos_token_id = eos_token_id
+        self.prefix = prefix
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        ids = [int(i) for i in ids]
+        if skip_special_tokens and self.eos_token_id is not None:
+            ids = [i for i in ids if i != self.eos_token_id]
+        return "".join(f"{self.prefix}{i} " for i in ids)
+
+    def get_vocab(self) -> dict[str, int]:
+        return {f"{self.prefix}{i}": i for i in range(self.vocab_size)}
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+
+TINY_VOCAB = 16
+TINY_WINDOW = 64
+
+
+def make_tiny_llama(
+    seed: int,
+    vocab_size: int = TINY_VOCAB,
+    hidden_size: int = 32,
+    num_layers: int = 3,
+    max_position_embeddings: int = TINY_WINDOW,
+    init_range: float = 0.3,
+) -> torch.nn.Module:
+    """A tiny random LlamaForCausalLM in eval mode.
+
+    init_range 0.3 (instead of transformers' 0.02) makes the next-token distributions peaked,
+    like a trained model's, rather than almost uniform. No BOS/EOS/PAD ids, so nothing in the
+    model's config or generation config stops a run early.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=max_position_embeddings,
+        initializer_range=init_range,
+        tie_word_embeddings=False,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def make_tiny_loaded(seed: int, name: str | None = None, eos_token_id: int | None = None, **kwargs) -> LoadedModel:
+    model = make_tiny_llama(seed, **kwargs)
+    tokenizer = FakeTokenizer(model.config.vocab_size, eos_token_id=eos_token_id)
+    return LoadedModel(name or f"tiny-{seed}", model, tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_target() -> LoadedModel:
+    """The tiny target: 3 layers, vocab 16, context window 64."""
+    loaded = make_tiny_loaded(0, name="tiny-target")
+    assert loaded.eos_token_ids == set(), "the tiny target must not stop on EOS unless a test asks for it"
+    return loaded
+
+
+def noisy_copy(loaded: LoadedModel, sigma: float, seed: int, name: str) -> LoadedModel:
+    """A second model: a copy of `loaded` with seeded Gaussian noise added to every weight."""
+    model = copy.deepcopy(loaded.model)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn(param.shape, generator=generator) * sigma)
+    return LoadedModel(name, model, FakeTokenizer(model.config.vocab_size))
+
+
+@pytest.fixture(scope="session")
+def tiny_drafter() -> LoadedModel:
+    """A second, independently initialised tiny model (2 layers): a poor drafter, many rejections."""
+    return make_tiny_loaded(1, name="tiny-drafter", num_layers=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_noisy_drafter(tiny_target) -> LoadedModel:
+    """The target plus small noise: a drafter whose proposals are often, but not always, accepted.
+
+    (An independent random model agrees with the target so rarely that, at temperature 0.7 with
+    top-k / top-p, nothing would ever be accepted.)
+    """
+    return noisy_copy(tiny_target, sigma=0.03, seed=1, name="tiny-noisy-drafter")
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def chi_square_critical(df: int, alpha: float = 1e-3) -> float:
+    """Upper alpha quantile of chi-square(df), Wilson-Hilferty approximation (no scipy needed)."""
+    z = {1e-2: 2.3263, 1e-3: 3.0902, 1e-4: 3.7190}[alpha]
+    h = 2.0 / (9.0 * df)
+    return df * (1.0 - h + z * math.sqrt(h)) ** 3
+
+
+def chi_square_statistic(counts: dict, expected_probs: dict, n: int, min_expected: float = 5.0) -> tuple[float, int]:
+    """Pearson's chi-square of observed counts vs expected probabilities, and its degrees of freedom.
+
+    Cells whose expected count is below min_expected are pooled into one cell (with every
+    observation outside the support of expected_probs), so the chi-square approximation holds.
+    """
+    stat, cells = 0.0, 0
+    pooled_expected, pooled_observed = 0.0, 0
+    for key, prob in expected_probs.items():
+        expected = n * prob
+        observed = counts.get(key, 0)
+        if expected >= min_expected:
+            stat += (observed - expected) ** 2 / expected
+            cells += 1
+        else:
+            pooled_expected += expected
+            pooled_observed += observed
+    pooled_observed += sum(c for key, c in counts.items() if key not in expected_probs)
+    if pooled_expected > 0 or pooled_observed > 0:
+        if pooled_expected <= 0:
+            return math.inf, max(cells, 1)
+        stat += (pooled_observed - pooled_expected) ** 2 / pooled_expected
+        cells += 1
+    return stat, max(cells - 1, 1)
+
+
+def total_variation(p: dict, q: dict) -> float:
+    keys = set(p) | set(q)
+    return 0.5 * sum(abs(p.get(k, 0.0) - q.get(k, 0.0)) for k in keys)
+
+
+# --------------------------------------------------------------------------- the real model
+
+
+@pytest.fixture(scope="session")
+def model_cache() -> ModelCache:
+    return ModelCache()
+
+
+@pytest.fixture(scope="session")
+def real_model(model_cache) -> LoadedModel:
+    """The embedded default (first load de-quantises ~30 s, then it comes from ~/.cache/specviz)."""
+    return model_cache.get(EMBEDDED_DEFAULT)

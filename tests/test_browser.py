@@ -1,0 +1,219 @@
+"""The explorer in headless Chromium (Playwright): a live run, escaping of hostile prompts, the step
+inspector, Compare and History. Saves screenshots under /tmp for a human look:
+/tmp/specviz-playground.png, /tmp/specviz-compare.png, /tmp/specviz-history.png."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+CHROMIUM = Path("/usr/bin/chromium")
+if not CHROMIUM.exists():
+    pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
+
+from specviz.store import RunStore  # noqa: E402
+from specviz.ui import build_app, launch_app  # noqa: E402
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.browser,
+    # Gradio's own queue statistics trip pandas 3 deprecation warnings; nothing in SpecViz.
+    pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
+    pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
+]
+
+XSS_PROMPT = '<img src=x onerror="window.__xss=1">'
+TOKEN_SPANS = "#token-stream span.tok-accepted, #token-stream span.tok-recovered, #token-stream span.tok-bonus, #token-stream span.tok-baseline"
+LONG = 180_000  # ms: generous, the machine may be shared
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, model_cache):
+    store = RunStore(tmp_path_factory.mktemp("ui-browser") / "runs.db")
+    demo = build_app(model_cache, store)  # the session's shared ModelCache (tests/conftest.py)
+    port = free_port()
+    launch_app(demo, prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/", store
+    finally:
+        demo.close()
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    url, _ = server
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
+        )
+        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+        pg.goto(url)
+        pg.wait_for_selector("#prompt textarea", timeout=60_000)
+        yield pg
+        browser.close()
+
+
+def set_number(page, selector: str, value: int) -> None:
+    box = page.locator(selector)
+    box.fill(str(value))
+    box.press("Tab")
+
+
+def start_run(page, prompt: str, max_new_tokens: int) -> None:
+    page.fill("#prompt textarea", prompt)
+    set_number(page, "#max-new-tokens input[type=number]", max_new_tokens)
+    page.click("#run")
+
+
+def wait_finished(page, run_number: int) -> None:
+    page.wait_for_function(
+        "n => (document.querySelector('#status') || {}).innerText?.includes('Finished run #' + n)",
+        arg=run_number, timeout=LONG,
+    )
+
+
+def test_live_run_shows_coloured_tokens_plot_and_inspector(page, server):
+    _, store = server
+    start_run(page, "Repeat after me: the cat sat on the mat, the cat sat on the mat.", 12)
+    page.wait_for_selector(TOKEN_SPANS, timeout=LONG)
+    wait_finished(page, 1)
+    page.wait_for_selector("#acceptance-plot .js-plotly-plot svg", timeout=60_000)
+    # the legend is visible and the tokens carry their tooltips
+    assert page.locator(".legend .tok-rejected").first.is_visible()
+    title = page.locator(TOKEN_SPANS).first.get_attribute("title")
+    assert title and title.startswith("step 0")
+    # the slider and Previous move the inspector to another step
+    head = page.locator("#step-inspector .insp-head").inner_text()
+    last = int(re.search(r"Step (\d+) of (\d+)", head).group(1))
+    if last > 0:
+        page.click("#step-prev")
+        page.wait_for_function(
+            "t => document.querySelector('#step-inspector .insp-head')?.innerText.includes('Step ' + t + ' of')",
+            arg=last - 1, timeout=30_000,
+        )
+        # the slider itself (keyboard: Home = first step) also drives the inspector
+        page.locator("#step-slider input[type=range]").press("Home")
+        page.wait_for_function(
+            "() => document.querySelector('#step-inspector .insp-head')?.innerText.includes('Step 0 of')", timeout=30_000
+        )
+    assert page.locator("#metrics .metric").count() == 9
+    run = store.list_runs()[0]
+    assert run["status"] == "finished" and run["max_new_tokens"] == 12 and run["source"] == "ui"
+    page.screenshot(path="/tmp/specviz-playground.png", full_page=True)
+
+
+def test_hostile_prompt_renders_as_text(page, server):
+    page.click("#strategy input")
+    page.get_by_role("option", name="ar", exact=True).click()
+    start_run(page, XSS_PROMPT, 3)
+    wait_finished(page, 2)
+    stream = page.locator("#token-stream")
+    assert "<img src=x" in stream.inner_text()
+    assert page.locator("#token-stream img").count() == 0
+    assert page.locator("img[src='x']").count() == 0
+    assert page.evaluate("typeof window.__xss") == "undefined"
+    # the prompt was logged verbatim and the page still works
+    _, store = server
+    assert store.list_runs()[0]["prompt"] == XSS_PROMPT
+
+
+def test_stop_cancels_a_run_and_logs_it_as_stopped(page, server):
+    _, store = server
+    page.click("#strategy input")
+    page.get_by_role("option", name="prompt_lookup", exact=True).click()
+    start_run(page, "Write a long story about a lighthouse keeper and a storm.", 300)
+    page.wait_for_function(  # this run's tokens, not the previous run's still on screen
+        """() => {
+            const s = document.querySelector('#token-stream');
+            return s && s.innerText.includes('lighthouse keeper') && s.querySelectorAll('span.tok').length >= 3;
+        }""",
+        timeout=LONG,
+    )
+    page.click("#stop")
+    page.wait_for_function(
+        "() => (document.querySelector('#status') || {}).innerText?.includes('Stopped')", timeout=30_000
+    )
+    page.wait_for_function("() => !document.querySelector('#token-stream .cursor')", timeout=30_000)
+    run = store.list_runs()[0]
+    deadline = 60
+    while run["status"] == "running" and deadline:  # the server closes the run right after the cancel
+        page.wait_for_timeout(500)
+        run, deadline = store.list_runs()[0], deadline - 1
+    assert run["status"] == "stopped" and run["finished"] == 0
+    assert 1 <= len(store.load_events(run["id"])) and run["new_tokens"] < 300
+
+
+def test_compare_tab(page, server):
+    _, store = server
+    page.get_by_role("tab", name="Compare").click()
+    page.fill("#compare-prompt textarea", "List the days of the week.")
+    set_number(page, "#compare-max-new-tokens input[type=number]", 10)
+    page.click("#compare-run")
+    page.wait_for_selector("#compare-a-stream span.tok", timeout=LONG)
+    page.wait_for_selector("#compare-b-stream span.tok", timeout=LONG)
+    page.wait_for_function(
+        "() => (document.querySelector('#compare-lossless') || {}).innerText?.includes('lossless check')", timeout=LONG
+    )
+    assert "identical to baseline" in page.locator("#compare-lossless").inner_text()
+    summary = page.locator("#compare-summary").inner_text()
+    assert "prompt_lookup" in summary and "1.00×" in summary
+    group = {r["group_id"] for r in store.list_runs()[:2]}
+    assert len(group) == 1 and None not in group
+    page.screenshot(path="/tmp/specviz-compare.png", full_page=True)
+
+
+def test_history_tab_replays_a_logged_run(page, server):
+    _, store = server
+    page.get_by_role("tab", name="History").click()
+    page.click("#history-refresh")
+    page.wait_for_function(
+        "() => document.querySelector('#history-table')?.innerText.includes('finished')", timeout=30_000
+    )
+    page.fill("#history-run-id input", "1")
+    page.click("#history-open")
+    page.wait_for_selector("#history-token-stream span.tok", timeout=30_000)
+    assert "Run #1" in page.locator("#history-status").inner_text()
+    page.wait_for_selector("#history-acceptance-plot .js-plotly-plot", timeout=30_000)
+    tokens = page.locator("#history-token-stream span.tok").count()
+    page.click("#history-replay")
+    page.wait_for_function(
+        "() => (document.querySelector('#history-status') || {}).innerText?.includes('Replaying')", timeout=30_000
+    )
+    page.wait_for_function(
+        "() => (document.querySelector('#history-status') || {}).innerText?.includes('Run #1')", timeout=60_000
+    )
+    assert page.locator("#history-token-stream span.tok").count() == tokens
+    # clicking a row of the table opens that run
+    newest = store.list_runs()[0]["id"]
+    page.locator('#history-table [data-testid="cell-0-0"]').click()  # the newest run's id cell
+    page.wait_for_function(
+        "n => (document.querySelector('#history-status') || {}).innerText?.includes('Run #' + n + ' ')",
+        arg=newest, timeout=30_000,
+    )
+    page.screenshot(path="/tmp/specviz-history.png", full_page=True)
+
+
+def test_empty_prompt_shows_a_message(page, server):
+    _, store = server
+    before = len(store.list_runs())
+    page.get_by_role("tab", name="Playground").click()
+    page.fill("#prompt textarea", "   ")
+    page.click("#run")
+    page.wait_for_selector("#status .status-error", timeout=30_000)
+    assert "prompt is empty" in page.locator("#status").inner_text()
+    assert len(store.list_runs()) == before

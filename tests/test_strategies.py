@@ -1,0 +1,173 @@
+"""Strategy configs (parsing, validation, the registry) and draft-length policies."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from engine import STRATEGIES, describe_strategies, parse_strategy
+from engine.errors import ConfigError
+from engine.policies import ConstantLength, HeuristicLength
+from engine.strategies import (
+    AutoregressiveConfig,
+    DraftModelConfig,
+    EarlyExitConfig,
+    PromptLookupConfig,
+)
+
+
+def test_registry_holds_every_strategy():
+    assert set(STRATEGIES) == {"ar", "draft_model", "early_exit", "prompt_lookup"}
+    for name, cls in STRATEGIES.items():
+        assert cls.name == name
+
+
+def test_parse_strategy_defaults():
+    assert parse_strategy("ar") == AutoregressiveConfig()
+    assert parse_strategy("draft_model") == DraftModelConfig()
+    assert parse_strategy("early_exit", None) == EarlyExitConfig()
+    assert parse_strategy("prompt_lookup", {}) == PromptLookupConfig()
+
+
+def test_parse_strategy_coerces_strings():
+    config = parse_strategy("prompt_lookup", {"k": " 6 ", "max_ngram": "4", "min_ngram": "2", "length_policy": "heuristic"})
+    assert config == PromptLookupConfig(k=6, max_ngram=4, min_ngram=2, length_policy="heuristic")
+    assert isinstance(config.k, int)
+    assert parse_strategy("draft_model", {"drafter": " early-exit:3 "}).drafter == "early-exit:3"
+    assert parse_strategy("early_exit", {"exit_layer": 10, "k": "2"}) == EarlyExitConfig(exit_layer=10, k=2)
+
+
+@pytest.mark.parametrize(
+    "name, params, field",
+    [
+        ("beam_search", {}, "strategy"),
+        ("", {}, "strategy"),
+        ("ar", {"k": "4"}, "k"),  # ar has no parameters at all
+        ("prompt_lookup", {"drafter": "x"}, "drafter"),
+        ("draft_model", {"temperature": "1"}, "temperature"),
+        ("draft_model", {"k": "0"}, "k"),
+        ("draft_model", {"k": -2}, "k"),
+        ("early_exit", {"k": "20", "max_k": "8"}, "k"),  # k > max_k
+        ("prompt_lookup", {"k": 13}, "k"),  # default max_k is 12
+        ("draft_model", {"max_k": "0"}, "max_k"),
+        ("draft_model", {"length_policy": "adaptive"}, "length_policy"),
+        ("prompt_lookup", {"length_policy": ""}, "length_policy"),
+        ("draft_model", {"k": "four"}, "k"),
+        ("draft_model", {"k": "4.5"}, "k"),
+        ("prompt_lookup", {"max_ngram": "3x"}, "max_ngram"),
+        ("early_exit", {"exit_layer": "six"}, "exit_layer"),
+        ("early_exit", {"exit_layer": "0"}, "exit_layer"),
+        ("prompt_lookup", {"min_ngram": "4", "max_ngram": "2"}, "min_ngram"),
+        ("prompt_lookup", {"min_ngram": "0"}, "min_ngram"),
+        ("draft_model", {"drafter": "   "}, "drafter"),
+        ("draft_model", {"drafter": "early-exit:0"}, "drafter"),
+        ("draft_model", {"drafter": "early-exit:abc"}, "drafter"),
+        ("draft_model", {"k": True}, "k"),  # booleans are not integers here
+    ],
+)
+def test_parse_strategy_rejects_with_the_field_named(name, params, field):
+    with pytest.raises(ConfigError) as info:
+        parse_strategy(name, params)
+    assert info.value.field == field
+    assert str(info.value).startswith(f"{field}:")
+
+
+def test_unknown_parameter_message_lists_the_known_ones():
+    with pytest.raises(ConfigError) as info:
+        parse_strategy("prompt_lookup", {"ngram": 3})
+    message = str(info.value)
+    for known in ("k", "length_policy", "max_k", "max_ngram", "min_ngram"):
+        assert known in message
+
+
+def test_direct_construction_is_validated_too():
+    with pytest.raises(ConfigError) as info:
+        DraftModelConfig(k=0)
+    assert info.value.field == "k"
+    with pytest.raises(ConfigError) as info:
+        PromptLookupConfig(max_ngram=17)
+    assert info.value.field == "max_ngram"
+
+
+@pytest.mark.parametrize("config", [AutoregressiveConfig(), DraftModelConfig(), EarlyExitConfig(), PromptLookupConfig()])
+def test_configs_are_frozen(config):
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.k = 3  # type: ignore[misc]
+    assert hash(config) == hash(dataclasses.replace(config))
+
+
+def test_describe_strategies_lists_everything():
+    described = describe_strategies()
+    assert [d["name"] for d in described] == list(STRATEGIES)
+    for entry in described:
+        cls = STRATEGIES[entry["name"]]
+        assert set(entry) >= {"name", "lossless", "parameters", "description"}
+        assert entry["lossless"] is cls.lossless
+        assert isinstance(entry["description"], str) and entry["description"].strip()
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        assert set(entry["parameters"]) == set(fields)
+        defaults = cls()
+        for pname, spec in entry["parameters"].items():
+            assert spec["default"] == getattr(defaults, pname)
+            assert spec["type"] in ("int", "str", "float")
+    by_name = {d["name"]: d for d in described}
+    assert by_name["ar"]["parameters"] == {}
+    assert by_name["prompt_lookup"]["parameters"]["k"] == {"default": 8, "type": "int"}
+    assert by_name["draft_model"]["parameters"]["drafter"]["default"] == "early-exit:6"
+    assert by_name["early_exit"]["parameters"]["exit_layer"]["default"] == 6
+    assert all(d["lossless"] for d in described)  # every strategy so far is lossless
+
+
+def test_labels_and_params():
+    assert AutoregressiveConfig().label() == "ar"
+    assert PromptLookupConfig(k=5).label() == "prompt_lookup(k=5, length_policy=constant, max_k=12, max_ngram=3, min_ngram=1)"
+    assert EarlyExitConfig(exit_layer=4).drafter == "early-exit:4"
+    assert DraftModelConfig().params()["drafter"] == "early-exit:6"
+
+
+# --------------------------------------------------------------------------- policies
+
+
+def test_constant_policy():
+    policy = ConstantLength(5)
+    for drafted, accepted in [(5, 5), (5, 0), (0, 0)]:
+        k, reason, inputs = policy.decide()
+        assert k == 5 and "5" in reason and inputs == {"k": 5}
+        policy.update(drafted, accepted)
+
+
+def test_heuristic_policy_schedule():
+    policy = HeuristicLength(k=4, max_k=9)
+    ks = []
+    for drafted, accepted in [(4, 4), (6, 6), (8, 8), (9, 9), (9, 3), (8, 0), (7, 6), (6, 5), (5, 0), (4, 4)]:
+        k, reason, inputs = policy.decide()
+        assert k == drafted and inputs["k"] == k and inputs["max_k"] == 9
+        ks.append(k)
+        policy.update(drafted, accepted)
+    assert ks == [4, 6, 8, 9, 9, 8, 7, 6, 5, 4]
+    assert policy.decide()[0] == 6  # +2 after the last full accept
+
+
+def test_heuristic_policy_floor_cap_and_reasons():
+    policy = HeuristicLength(k=2, max_k=3)
+    assert policy.decide()[1] == "starting K = 2"
+    policy.update(2, 2)
+    k, reason, inputs = policy.decide()
+    assert k == 3 and "(cap)" in reason and inputs["previous_drafted"] == 2 and inputs["previous_accepted"] == 2
+    policy.update(3, 1)
+    assert policy.decide()[0] == 2
+    policy.update(2, 0)
+    assert policy.decide()[0] == 1
+    policy.update(1, 0)
+    k, reason, _ = policy.decide()
+    assert k == 1 and "(floor)" in reason
+    policy.update(0, 0)  # nothing drafted: no change, same reason
+    assert policy.decide()[:2] == (1, reason)
+
+
+def test_heuristic_partial_draft_fully_accepted_counts_as_full_accept():
+    """A proposer may return fewer tokens than asked (n-gram); all of them accepted is +2."""
+    policy = HeuristicLength(k=6, max_k=12)
+    policy.update(2, 2)
+    assert policy.decide()[0] == 8
