@@ -159,7 +159,7 @@ class SpeculativeDecoder:
 
 
 def _top(dist: torch.Tensor, detok: IncrementalDetokenizer) -> tuple[TokenCandidate, ...]:
-    probs, ids = torch.topk(dist, TOP_CANDIDATES)
+    probs, ids = torch.topk(dist, min(TOP_CANDIDATES, dist.shape[-1]))
     return tuple(TokenCandidate(int(i), detok.piece(int(i)), float(p)) for p, i in zip(probs, ids) if p > 0)
 
 

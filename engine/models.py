@@ -168,7 +168,7 @@ def load_model(spec: str, progress: ProgressFn | None = None) -> LoadedModel:
         return _load_folder(spec, local_files_only=True)
     except (OSError, ValueError):
         pass
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         raise ModelLoadError(
             f"unknown model {spec!r}: not a local folder and not in the local Hugging Face cache (offline mode)"
         )
