@@ -145,10 +145,16 @@ def test_stop_cancels_a_run_and_logs_it_as_stopped(page, server):
         timeout=LONG,
     )
     page.click("#stop")
-    page.wait_for_function(
-        "() => (document.querySelector('#status') || {}).innerText?.includes('Stopped')", timeout=30_000
-    )
-    page.wait_for_function("() => !document.querySelector('#token-stream .cursor')", timeout=30_000)
+    try:
+        page.wait_for_function(
+            "() => (document.querySelector('#status') || {}).innerText?.includes('Stopped')", timeout=30_000
+        )
+        page.wait_for_function("() => !document.querySelector('#token-stream .cursor')", timeout=30_000)
+    except sync_api.TimeoutError as exc:
+        raise AssertionError(
+            f"after Stop: status={page.locator('#status').inner_text()!r}, "
+            f"cursor={page.locator('#token-stream .cursor').count()}, run={store.list_runs()[0]}"
+        ) from exc
     run = store.list_runs()[0]
     deadline = 60
     while run["status"] == "running" and deadline:  # the server closes the run right after the cancel
@@ -156,6 +162,26 @@ def test_stop_cancels_a_run_and_logs_it_as_stopped(page, server):
         run, deadline = store.list_runs()[0], deadline - 1
     assert run["status"] == "stopped" and run["finished"] == 0
     assert 1 <= len(store.load_events(run["id"])) and run["new_tokens"] < 300
+
+
+def test_compare_stop(page, server):
+    _, store = server
+    page.get_by_role("tab", name="Compare").click()
+    page.fill("#compare-prompt textarea", "Write a long story about a dragon who learns to paint.")
+    set_number(page, "#compare-max-new-tokens input[type=number]", 300)
+    page.click("#compare-run")
+    page.wait_for_function(
+        "() => document.querySelectorAll('#compare-a-stream span.tok').length >= 3", timeout=LONG
+    )
+    page.click("#compare-stop")
+    page.wait_for_function(
+        "() => (document.querySelector('#compare-status') || {}).innerText?.includes('Stopped')", timeout=30_000
+    )
+    page.wait_for_function("() => !document.querySelector('#compare-a-stream .cursor, #compare-b-stream .cursor')",
+                           timeout=30_000)
+    runs = store.list_runs()[:2]
+    assert {r["strategy"] for r in runs} == {"ar", "prompt_lookup"}
+    assert all(r["status"] == "stopped" for r in runs), [r["status"] for r in runs]
 
 
 def test_compare_tab(page, server):

@@ -180,6 +180,20 @@ def _prepare_in_thread(runner: Runner, request: RunRequest) -> Iterator[str]:
     return box["prepared"]
 
 
+def wait_until_closed(store: RunStore, run_ids: list[int | None], timeout_s: float = 15.0) -> bool:
+    """Wait until these runs are no longer "running" in the log (their streams were closed); True if they are."""
+    pending = {r for r in run_ids if r is not None}
+    deadline = time.monotonic() + timeout_s
+    while pending:
+        pending = {r for r in pending if (store.get_run(r) or {}).get("status") == "running"}
+        if not pending:
+            break
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def _run_state(events: list[StepEvent], prompt: str, label: str, run_id: int | None, running: bool) -> dict:
     return {"events": list(events), "prompt": prompt, "label": label, "run_id": run_id, "running": running}
 
@@ -619,12 +633,21 @@ def build_app(models: ModelCache, store: RunStore) -> gr.Blocks:
         def after_stop(state):
             if not state or not state.get("running"):  # nothing streamed yet (or already finished)
                 return {status: render.status_html("Stopped.", "info")}
+            # Cancelling races with the run's next update: wait until the run is closed in the log, after which
+            # no late update can overwrite this one, then show every logged step.
+            run_id = state.get("run_id")
+            if run_id is not None and wait_until_closed(store, [run_id]):
+                state = {**state, "events": store.load_events(run_id)}
             state = {**state, "running": False}
             return {status: render.status_html("Stopped. The partial run is logged with status \"stopped\".", "info"),
                     **view.render(state)}
 
-        stop_btn.click(after_stop, [view.state], run_outputs, cancels=[run_event], api_visibility="undocumented",
-                       concurrency_limit=None, show_progress="hidden")
+        # Cancel first, then render: the page runs a click's listeners one after another, and after_stop waits for
+        # the cancelled run to be closed in the log.
+        stop_btn.click(None, None, None, cancels=[run_event], api_visibility="undocumented").then(
+            after_stop, [view.state], run_outputs, api_visibility="undocumented", concurrency_limit=None,
+            show_progress="hidden",
+        )
 
         # ---- Compare: two live runs in two threads (+ the ar baseline when neither side is ar)
         def run_compare(prompt, a_name, a_k, a_lp, a_maxk, a_drafter, a_exit, a_maxn, a_minn,
@@ -782,15 +805,20 @@ def build_app(models: ModelCache, store: RunStore) -> gr.Blocks:
             if state and not any(r.get("status") in ("running", "waiting") for r in state.values()):
                 return {c_status: render.status_html("Stopped.", "info")}
             out = {c_status: render.status_html("Stopped. Partial runs are logged with status \"stopped\".", "info")}
+            run_ids = [r.get("run_id") for r in (state or {}).values()]
+            closed = wait_until_closed(store, run_ids)  # no late update from the cancelled handler after this
             for side, (s_stream, s_metrics) in (("A", (a_stream, a_metrics)), ("B", (b_stream, b_metrics))):
                 r = (state or {}).get(side)
                 if r:
-                    out[s_stream] = _side_stream(side, r["label"], r["events"], running=False, error=r.get("error"))
-                    out[s_metrics] = render.metrics_html(r["metrics"])
+                    events = store.load_events(r["run_id"]) if closed and r.get("run_id") is not None else r["events"]
+                    out[s_stream] = _side_stream(side, r["label"], events, running=False, error=r.get("error"))
+                    out[s_metrics] = render.metrics_html(RunMetrics.from_events(events) if events else None)
             return out
 
-        c_stop.click(after_compare_stop, [c_state], [c_status, a_stream, b_stream, a_metrics, b_metrics],
-                     cancels=[compare_event], api_visibility="undocumented", concurrency_limit=None)
+        c_stop.click(None, None, None, cancels=[compare_event], api_visibility="undocumented").then(
+            after_compare_stop, [c_state], [c_status, a_stream, b_stream, a_metrics, b_metrics],
+            api_visibility="undocumented", concurrency_limit=None, show_progress="hidden",
+        )
 
         # ---- History
         def list_history(strategy_filter, search_text):
