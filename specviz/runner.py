@@ -17,7 +17,6 @@ from engine import (
     ModelCache,
     RunMetrics,
     SamplingConfig,
-    SpecVizError,
     SpeculativeDecoder,
     StepEvent,
     StrategyConfig,
@@ -111,8 +110,8 @@ class Runner:
                 if done:
                     status = "finished"
                 yield RunUpdate(run_id, event, events, token_ids, done, RunMetrics.from_events(events))
-        except SpecVizError as exc:
-            status, error = "error", str(exc)
+        except Exception as exc:  # logged as an error run, then re-raised for the caller to report
+            status, error = "error", str(exc) or type(exc).__name__
             raise
         finally:
             if self.store is not None:

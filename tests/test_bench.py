@@ -37,3 +37,15 @@ def test_bench_command_runs_and_checks_identity(tmp_path, capsys):
     assert {r["strategy"] for r in result["rows"]} == {"ar", "prompt_lookup"}
     assert all(r["identical"] for r in result["rows"])
     assert all(r["new_tokens"] <= 6 for r in result["rows"])
+
+
+def test_strategy_specs_with_parameters():
+    from engine.errors import ConfigError
+    from specviz.bench import _row_name, parse_strategy_spec
+
+    spec = parse_strategy_spec("draft_model:drafter=early-exit:12:k=2")
+    assert (spec.name, spec.drafter, spec.k) == ("draft_model", "early-exit:12", 2)
+    assert _row_name(spec) == "draft_model:k=2:drafter=early-exit:12"
+    assert _row_name(parse_strategy_spec("ar")) == "ar"
+    with pytest.raises(ConfigError):
+        parse_strategy_spec("prompt_lookup:k")

@@ -10,7 +10,6 @@ text reach the page only through `specviz.ui.render`, which escapes it.
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
@@ -37,6 +36,7 @@ from engine import (
 )
 from engine.errors import ConfigError, PromptError
 from specviz.figures import acceptance_figure
+from specviz.prompts import SuitePrompt, load_prompt_suite
 from specviz.runner import PreparedRun, RunRequest, Runner, RunUpdate, new_group_id
 from specviz.store import RunStore
 
@@ -46,7 +46,6 @@ log = logging.getLogger("specviz.ui")
 
 ROOT = Path(__file__).resolve().parents[2]
 ASSETS = ROOT / "assets"
-PROMPTS_FILE = ASSETS / "prompts.jsonl"
 CSS_FILE = ASSETS / "style.css"
 
 ENGINE_CONCURRENCY = "engine"  # heavy handlers (model runs) share this concurrency group
@@ -72,28 +71,16 @@ PARAM_HELP = {
 
 # -- helpers shared by handlers --------------------------------------------------------------------
 
-def load_example_prompts(path: Path = PROMPTS_FILE) -> list[dict]:
-    """The prompt suite (JSON lines: id, category, prompt, max_new_tokens); [] when absent or unreadable."""
+def load_example_prompts() -> list[SuitePrompt]:
+    """The project's prompt suite; [] when the file is absent or unreadable (examples are then hidden)."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError:
+        return load_prompt_suite()
+    except (OSError, ValueError, TypeError):
         return []
-    out = []
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("prompt"), str) and row["prompt"].strip():
-            out.append(row)
-    return out
 
 
-def _example_choices(examples: list[dict]) -> list[tuple[str, str]]:
-    return [
-        (f"{row.get('category', '?')} · {render.excerpt(row['prompt'], 70)}", str(row.get("id", i)))
-        for i, row in enumerate(examples)
-    ]
+def _example_choices(examples: list[SuitePrompt]) -> list[tuple[str, str]]:
+    return [(f"{row.category} · {render.excerpt(row.prompt, 70)}", row.id) for row in examples]
 
 
 def _as_int(name: str, value: Any) -> Any:
@@ -425,7 +412,7 @@ HEADER = """
 def build_app(models: ModelCache, store: RunStore) -> gr.Blocks:
     runner = Runner(models, store)
     examples = load_example_prompts()
-    examples_by_id = {str(row.get("id", i)): row for i, row in enumerate(examples)}
+    examples_by_id = {row.id: row for row in examples}
 
     with gr.Blocks(title="SpecViz — speculative decoding explorer", analytics_enabled=False) as demo:
         gr.HTML(HEADER, js_on_load=None)
@@ -550,9 +537,7 @@ def build_app(models: ModelCache, store: RunStore) -> gr.Blocks:
             row = examples_by_id.get(str(example_id)) if example_id is not None else None
             if row is None:
                 return gr.skip(), gr.skip()
-            tokens = row.get("max_new_tokens")
-            tokens = max(1, min(int(tokens), MAX_NEW_TOKENS_UI)) if isinstance(tokens, int) else current_max
-            return row["prompt"], tokens
+            return row.prompt, max(1, min(row.max_new_tokens, MAX_NEW_TOKENS_UI))
 
         example.change(pick_example, [example, max_new], [prompt_box, max_new], api_visibility="undocumented",
                        concurrency_limit=None, show_progress="hidden")
