@@ -190,6 +190,71 @@ def reference_comparison(args: argparse.Namespace, models: ModelCache) -> list[d
     return out
 
 
+def logging_overhead(args: argparse.Namespace, models: ModelCache, repeats: int = 3) -> dict:
+    """Wall time of a bare engine run vs the same run streamed through Runner into SQLite."""
+    import tempfile
+
+    from .runner import RunRequest, Runner
+    from .store import RunStore
+
+    target = models.get(args.target)
+    prompt = load_prompt_suite()[0]
+    n = args.max_new_tokens or prompt.max_new_tokens
+    strategy = parse_strategy("prompt_lookup")
+    bare, logged = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        runner = Runner(models, RunStore(f"{tmp}/overhead.db"))
+        for _ in range(repeats):  # interleaved so drift hits both sides alike
+            start = time.perf_counter()
+            run_to_completion(build_decoder(strategy, target, models, SamplingConfig()),
+                              encode_prompt(target.tokenizer, prompt.prompt), n)
+            bare.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            for _update in runner.stream(runner.prepare(RunRequest(prompt.prompt, strategy, max_new_tokens=n))):
+                pass
+            logged.append(time.perf_counter() - start)
+    row = {"prompt": prompt.id, "bare_s": min(bare), "logged_s": min(logged),
+           "overhead": min(logged) / min(bare) - 1}
+    print(json.dumps(row), file=sys.stderr)
+    return row
+
+
+def ui_latency(args: argparse.Namespace, models: ModelCache) -> dict:
+    """Time from submitting a Playground run (model already loaded) to the first streamed step,
+    and the rate of streamed updates, through the real app and gradio_client."""
+    import socket
+    import tempfile
+
+    from gradio_client import Client
+
+    from .store import RunStore
+    from .ui import build_app
+
+    models.get(args.target)  # loaded once, as on a warm Space
+    with tempfile.TemporaryDirectory() as tmp, socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        sock.close()
+        demo = build_app(models, RunStore(f"{tmp}/ui.db"))
+        demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
+        try:
+            client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+            start = time.perf_counter()
+            job = client.submit(prompt=load_prompt_suite()[0].prompt, strategy="prompt_lookup",
+                                max_new_tokens=48, api_name="/run")
+            first, updates = None, 0
+            for output in job:
+                updates += 1
+                if first is None and any(isinstance(x, str) and 'class="tok tok-' in x for x in output):
+                    first = time.perf_counter() - start
+            total = time.perf_counter() - start
+        finally:
+            demo.close()
+    row = {"first_step_s": first, "updates": updates, "total_s": total, "updates_per_s": updates / total}
+    print(json.dumps(row), file=sys.stderr)
+    return row
+
+
 def reference_markdown(rows: list[dict]) -> str:
     lines = ["| prompt | tokens | generate() s | ar s | ar speed vs generate() | same text | assisted s | draft_model s | draft_model speed vs assisted | same text |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -215,6 +280,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     parser.add_argument("--reference", action="store_true", help="also compare with transformers generate()/assisted generation")
     parser.add_argument("--reference-k", type=int, default=4, help="draft length K for the assisted-generation comparison")
+    parser.add_argument("--logging-overhead", action="store_true",
+                        help="also time a bare engine run against the same run logged to SQLite")
+    parser.add_argument("--ui-latency", action="store_true",
+                        help="also measure the explorer's time to the first streamed step (model loaded)")
     parser.add_argument("--out", help="write rows and summaries to this JSON file")
     args = parser.parse_args(argv)
     if args.threads:
@@ -229,6 +298,16 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(reference_markdown(ref))
         result["reference"] = ref
+    if args.logging_overhead:
+        overhead = logging_overhead(args, models)
+        print(f"\nSQLite logging + event streaming overhead on {overhead['prompt']}: "
+              f"{overhead['bare_s']:.2f} s bare vs {overhead['logged_s']:.2f} s logged ({overhead['overhead']:+.1%})")
+        result["logging_overhead"] = overhead
+    if args.ui_latency:
+        latency = ui_latency(args, models)
+        print(f"\nExplorer: first step visible {latency['first_step_s']:.2f} s after Run (model loaded); "
+              f"{latency['updates']} streamed updates at {latency['updates_per_s']:.1f}/s")
+        result["ui_latency"] = latency
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=2)
