@@ -222,23 +222,19 @@ def logging_overhead(args: argparse.Namespace, models: ModelCache, repeats: int 
 def ui_latency(args: argparse.Namespace, models: ModelCache) -> dict:
     """Time from submitting a Playground run (model already loaded) to the first streamed step,
     and the rate of streamed updates, through the real app and gradio_client."""
-    import socket
     import tempfile
 
     from gradio_client import Client
 
     from .store import RunStore
-    from .ui import build_app
+    from .ui import build_app, launch_local
 
     models.get(args.target)  # loaded once, as on a warm Space
-    with tempfile.TemporaryDirectory() as tmp, socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        sock.close()
+    with tempfile.TemporaryDirectory() as tmp:
         demo = build_app(models, RunStore(f"{tmp}/ui.db"))
-        demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
+        url = launch_local(demo)
         try:
-            client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+            client = Client(url, verbose=False)
             start = time.perf_counter()
             job = client.submit(prompt=load_prompt_suite()[0].prompt, strategy="prompt_lookup",
                                 max_new_tokens=48, api_name="/run")

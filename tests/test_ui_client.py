@@ -6,7 +6,6 @@ from __future__ import annotations
 import html
 import os
 import re
-import socket
 
 import pytest
 
@@ -15,7 +14,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 gradio_client = pytest.importorskip("gradio_client")
 
 from specviz.store import RunStore  # noqa: E402
-from specviz.ui import build_app  # noqa: E402
+from specviz.ui import build_app, launch_local  # noqa: E402
 
 pytestmark = [
     pytest.mark.slow,
@@ -27,19 +26,11 @@ pytestmark = [
 PROMPT = "Name three colours of the rainbow."
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def app(tmp_path_factory, model_cache):
     store = RunStore(tmp_path_factory.mktemp("ui-client") / "runs.db")
     demo = build_app(model_cache, store)  # the session's shared ModelCache (tests/conftest.py)
-    port = free_port()
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
-    client = gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)
+    client = gradio_client.Client(launch_local(demo), verbose=False)
     try:
         yield client, store
     finally:

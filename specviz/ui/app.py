@@ -1014,6 +1014,17 @@ def make_theme() -> gr.themes.Base:
     )
 
 
+def launch_local(demo: gr.Blocks) -> str:
+    """Serve on a free loopback port without blocking (tests, benchmarks); returns the URL."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    launch_app(demo, prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
+    return f"http://127.0.0.1:{port}/"
+
+
 def launch_app(demo: gr.Blocks, **kwargs: Any):
     """Launch with the project's theme and CSS (Gradio 6 takes them in launch()). Extra kwargs go to launch()."""
     kwargs.setdefault("theme", make_theme())
