@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from .decoding import SpeculativeDecoder
@@ -74,13 +73,8 @@ class RunResult:
     events: list[StepEvent] = field(repr=False)
 
 
-def collect(decoder: SpeculativeDecoder, prompt_ids: list[int], max_new_tokens: int) -> Iterator[StepEvent]:
-    """The event stream, with the max_new_tokens check in one place."""
-    return decoder.generate(prompt_ids, check_max_new_tokens(max_new_tokens))
-
-
 def run_to_completion(decoder: SpeculativeDecoder, prompt_ids: list[int], max_new_tokens: int) -> RunResult:
-    events = list(collect(decoder, prompt_ids, max_new_tokens))
+    events = list(decoder.generate(prompt_ids, check_max_new_tokens(max_new_tokens)))
     ids = [t.token_id for e in events for t in e.new_tokens]
     text = decoder.target.tokenizer.decode(ids, skip_special_tokens=True)
     return RunResult(ids, text, events[-1].stop_reason if events else None, RunMetrics.from_events(events), events)

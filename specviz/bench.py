@@ -149,29 +149,29 @@ def run_suite(args: argparse.Namespace, models: ModelCache) -> list[Row]:
     return rows
 
 
+def _timed(fn):
+    start = time.perf_counter()
+    value = fn()
+    return value, time.perf_counter() - start
+
+
 def reference_comparison(args: argparse.Namespace, models: ModelCache) -> list[dict]:
     """Our baseline vs `generate()`, our draft_model vs assisted generation, same drafter and K."""
     target = models.get(args.target)
     strategy = parse_strategy("draft_model", {"k": str(args.reference_k)})
     drafter = models.drafter(target, strategy.drafter)
     suite = by_category(load_prompt_suite())
+    greedy = SamplingConfig()
     out = []
     for category, prompts in suite.items():
         prompt = prompts[0]
         ids = encode_prompt(target.tokenizer, prompt.prompt)
         n = args.max_new_tokens or prompt.max_new_tokens
         x = torch.tensor([ids])
-        greedy = SamplingConfig()
-
-        def timed(fn):
-            start = time.perf_counter()
-            value = fn()
-            return value, time.perf_counter() - start
-
         with torch.inference_mode():
-            hf_ids, hf_s = timed(lambda: target.model.generate(x, max_new_tokens=n, do_sample=False)[0, len(ids):].tolist())
+            hf_ids, hf_s = _timed(lambda: target.model.generate(x, max_new_tokens=n, do_sample=False)[0, len(ids):].tolist())
             ours = run_to_completion(build_decoder(parse_strategy("ar"), target, models, greedy), ids, n)
-            hf_assist_ids, hf_assist_s = timed(lambda: target.model.generate(
+            hf_assist_ids, hf_assist_s = _timed(lambda: target.model.generate(
                 x, max_new_tokens=n, do_sample=False, assistant_model=drafter.model,
                 num_assistant_tokens=args.reference_k, num_assistant_tokens_schedule="constant",
                 assistant_confidence_threshold=0.0,
