@@ -149,6 +149,7 @@ class SpeculativeDecoder:
                     end_s=time.perf_counter() - run_start - paused,
                 ),
                 stop_reason=stop_reason,
+                proposer_info=proposal.info,
             )
             yielded_at = time.perf_counter()
             yield event

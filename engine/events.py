@@ -94,6 +94,12 @@ class StepEvent:
     target_forwards: int  # target forward passes this step (1 for a verification step)
     timings: PhaseTimings
     stop_reason: str | None = None  # set on the last step: "eos" | "max_new_tokens" | "context_window"
+    # What drove the proposal (JSON-serialisable), from the proposer. Conventional keys, all optional:
+    #   "summary": one line shown above the proposal, e.g. "matched the 3-gram ' of the' at position 41";
+    #   "tables": [{"title": str, "columns": [str, ...], "rows": [[scalar, ...], ...]}, ...] for state the
+    #             proposal came from (n-gram table rows, retrieved candidates, per-layer acceptance, ...);
+    #   any other key: a scalar shown as key = value.
+    proposer_info: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_drafted(self) -> int:

@@ -10,12 +10,21 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from .errors import ConfigError
 
 LENGTH_POLICIES = ("constant", "heuristic")
+
+
+def param(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    """A strategy parameter: its default, a one-line help text and, for strings, the allowed values.
+
+    The help and choices reach `specviz strategies --json` and the explorer's parameter fields.
+    """
+    metadata = {"help": help} if choices is None else {"help": help, "choices": choices}
+    return field(default=default, metadata=metadata)
 
 
 def _check_int(obj: Any, name: str, low: int, high: int) -> None:
@@ -24,13 +33,26 @@ def _check_int(obj: Any, name: str, low: int, high: int) -> None:
         raise ConfigError(name, f"must be an integer in [{low}, {high}], got {value!r}")
 
 
+STRATEGIES: dict[str, type["StrategyConfig"]] = {}  # name -> config class, in definition order
+
+
 @dataclass(frozen=True)
 class StrategyConfig:
-    """Base class; subclasses set the class-level `name`, `lossless` and `description`."""
+    """Base class; subclasses set the class-level `name`, `lossless` and `description`.
+
+    A subclass that defines its own `name` registers itself in STRATEGIES.
+    """
 
     name: ClassVar[str]
     lossless: ClassVar[bool]
     description: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            if cls.name in STRATEGIES:
+                raise TypeError(f"strategy name {cls.name!r} is registered twice")
+            STRATEGIES[cls.name] = cls
 
     def params(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -44,9 +66,11 @@ class StrategyConfig:
 class ChainDrafting(StrategyConfig):
     """Shared knobs of every chain-drafting strategy."""
 
-    k: int = 4  # draft length: the constant K, or the starting K of the heuristic schedule
-    length_policy: str = "constant"  # "constant" K, or "heuristic": +2 after a full accept, -1 otherwise
-    max_k: int = 12  # cap for the heuristic schedule (and for any K)
+    k: int = param(4, "draft length K (the starting K for the heuristic policy)")
+    length_policy: str = param(
+        "constant", "constant K, or heuristic: +2 after a fully accepted draft, -1 otherwise", LENGTH_POLICIES
+    )
+    max_k: int = param(12, "cap on K")
 
     def __post_init__(self) -> None:
         _check_int(self, "k", 1, 64)
@@ -75,8 +99,7 @@ class DraftModelConfig(ChainDrafting):
         "A drafter model proposes a chain of K tokens; the target verifies them in one forward pass "
         "(Leviathan et al. / Chen et al.)."
     )
-    # Any same-tokenizer causal LM (hub id or local folder), or "early-exit:N" for the target's first N layers.
-    drafter: str = "early-exit:6"
+    drafter: str = param("early-exit:6", "a same-tokenizer model (hub id or folder) or early-exit:N")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -96,7 +119,7 @@ class EarlyExitConfig(ChainDrafting):
         "Self-speculation: the target's first N layers plus its final norm and LM head draft a chain "
         "(LayerSkip / Kangaroo family, no extra weights)."
     )
-    exit_layer: int = 6  # number of target layers the drafter runs before its final norm and LM head
+    exit_layer: int = param(6, "target layers the self-drafter runs before the final norm and LM head")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -118,9 +141,9 @@ class PromptLookupConfig(ChainDrafting):
     # Defaults from `specviz bench` on the prompt suite (2-core CPU): k=4 with min_ngram=2 averaged
     # 1.11x over the baseline, k=8 with min_ngram=1 0.97x (a 1-gram match drafts too often, and
     # verifying 9 positions costs ~2 single-token passes there); k=8 still wins on retrieval QA.
-    k: int = 4
-    max_ngram: int = 3  # longest suffix n-gram to look up
-    min_ngram: int = 2  # shortest suffix n-gram tried before giving up (no draft this step)
+    k: int = param(4, "draft length K (the starting K for the heuristic policy)")
+    max_ngram: int = param(3, "longest suffix n-gram looked up")
+    min_ngram: int = param(2, "shortest suffix n-gram tried before giving up (no draft this step)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -128,11 +151,6 @@ class PromptLookupConfig(ChainDrafting):
         _check_int(self, "min_ngram", 1, 16)
         if self.min_ngram > self.max_ngram:
             raise ConfigError("min_ngram", f"must be <= max_ngram ({self.max_ngram}), got {self.min_ngram}")
-
-
-STRATEGIES: dict[str, type[StrategyConfig]] = {
-    cls.name: cls for cls in (AutoregressiveConfig, DraftModelConfig, EarlyExitConfig, PromptLookupConfig)
-}
 
 
 def _coerce(field: dataclasses.Field, raw: Any) -> Any:
@@ -175,7 +193,11 @@ def describe_strategies() -> list[dict[str, Any]]:
                 "lossless": cls.lossless,
                 "description": cls.description,
                 "parameters": {
-                    f.name: {"default": f.default, "type": f.type if isinstance(f.type, str) else f.type.__name__}
+                    f.name: {
+                        "default": f.default,
+                        "type": f.type if isinstance(f.type, str) else f.type.__name__,
+                        **{key: list(value) if key == "choices" else value for key, value in f.metadata.items()},
+                    }
                     for f in fields
                 },
             }

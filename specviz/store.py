@@ -24,7 +24,11 @@ import sqlite_utils
 from engine.events import DraftedToken, LengthDecision, NewToken, OutputToken, PhaseTimings, StepEvent, TokenCandidate
 from engine.metrics import RunMetrics
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Columns added after version 1: a log written by an older SpecViz gains them (empty) when opened.
+ADDED_COLUMNS: tuple[tuple[str, str, type], ...] = (
+    ("steps", "proposer_info", str),  # v2: what drove the proposal (JSON), engine.events.StepEvent.proposer_info
+)
 BUSY_TIMEOUT_S = 30.0
 
 
@@ -99,6 +103,7 @@ class RunStore:
                     "num_accepted": int, "output_token_id": int, "output_text": str, "output_kind": str,
                     "output_prob": float, "output_top": str, "target_forwards": int, "start_s": float, "end_s": float,
                     "draft_s": float, "verify_s": float, "overhead_s": float, "stop_reason": str,
+                    "proposer_info": str,
                 },
                 pk=("run_id", "step_index"),
                 foreign_keys=[("run_id", "runs", "id")],
@@ -120,6 +125,9 @@ class RunStore:
                 foreign_keys=[("run_id", "runs", "id")],
                 if_not_exists=True,
             )
+            for table, column, kind in ADDED_COLUMNS:
+                if column not in db[table].columns_dict:
+                    db[table].add_column(column, kind)
             db["runs"].create_index(["created_at"], if_not_exists=True)
             db["runs"].create_index(["strategy"], if_not_exists=True)
             db["runs"].create_index(["group_id"], if_not_exists=True)
@@ -165,6 +173,7 @@ class RunStore:
             "output_top": _candidates(o.residual_top), "target_forwards": event.target_forwards,
             "start_s": t.start_s, "end_s": t.end_s, "draft_s": t.draft_s, "verify_s": t.verify_s, "overhead_s": t.overhead_s,
             "stop_reason": event.stop_reason,
+            "proposer_info": json.dumps(event.proposer_info) if event.proposer_info else None,
         }
         drafts = [
             {
@@ -260,6 +269,7 @@ class RunStore:
                     target_forwards=r["target_forwards"],
                     timings=PhaseTimings(r["draft_s"], r["verify_s"], r["overhead_s"], r["start_s"], r["end_s"]),
                     stop_reason=r["stop_reason"],
+                    proposer_info=json.loads(r["proposer_info"] or "{}"),
                 )
             )
         return events

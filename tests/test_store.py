@@ -31,6 +31,8 @@ def make_event(index: int, accepted: int = 1, drafted: int = 3, stop: str | None
         draft=draft, output=OutputToken(99, NASTY, "recovered", 0.7, (TokenCandidate(99, NASTY, 0.7),)),
         new_tokens=new, target_forwards=1, timings=PhaseTimings(0.01, 0.02, 0.001, index * 0.1, index * 0.1 + 0.031),
         stop_reason=stop,
+        proposer_info={"summary": NASTY, "exit_layer": 4, "tables": [{"title": "t", "columns": ["a"], "rows": [[NASTY]]}]}
+        if index == 1 else {},
     )
 
 
@@ -127,3 +129,15 @@ def test_concurrent_writers_lose_nothing(tmp_path):
     assert errors == []
     assert store.db["steps"].count == 100
     assert all(r["finished"] == 1 for r in store.list_runs())
+
+
+def test_proposer_info_round_trips_and_old_logs_gain_the_column(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)  # a version-1 log: steps without proposer_info
+    conn.execute("CREATE TABLE steps (run_id INTEGER, step_index INTEGER, PRIMARY KEY (run_id, step_index))")
+    conn.commit()
+    conn.close()
+    store = RunStore(path)
+    assert "proposer_info" in store.db["steps"].columns_dict

@@ -18,7 +18,7 @@ from engine.strategies import (
 
 
 def test_registry_holds_every_strategy():
-    assert set(STRATEGIES) == {"ar", "draft_model", "early_exit", "prompt_lookup"}
+    assert set(STRATEGIES) >= {"ar", "draft_model", "early_exit", "prompt_lookup"}
     for name, cls in STRATEGIES.items():
         assert cls.name == name
 
@@ -111,9 +111,13 @@ def test_describe_strategies_lists_everything():
         for pname, spec in entry["parameters"].items():
             assert spec["default"] == getattr(defaults, pname)
             assert spec["type"] in ("int", "str", "float")
+            assert isinstance(spec["help"], str) and spec["help"].strip()  # the explorer shows it under the field
+            if "choices" in spec:
+                assert spec["default"] in spec["choices"]
     by_name = {d["name"]: d for d in described}
     assert by_name["ar"]["parameters"] == {}
-    assert by_name["prompt_lookup"]["parameters"]["k"] == {"default": 4, "type": "int"}
+    assert {k: v for k, v in by_name["prompt_lookup"]["parameters"]["k"].items() if k != "help"} == {"default": 4, "type": "int"}
+    assert by_name["draft_model"]["parameters"]["length_policy"]["choices"] == ["constant", "heuristic"]
     assert by_name["prompt_lookup"]["parameters"]["min_ngram"]["default"] == 2
     assert by_name["draft_model"]["parameters"]["drafter"]["default"] == "early-exit:6"
     assert by_name["early_exit"]["parameters"]["exit_layer"]["default"] == 6

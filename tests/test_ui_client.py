@@ -129,7 +129,7 @@ def test_compare_without_ar_adds_a_baseline_run_one_after_another(app):
     client, store = app
     before = {r["id"] for r in store.list_runs()}
     result = client.predict(
-        prompt=PROMPT, a_name="prompt_lookup", b_name="early_exit", b_exit=20, max_new_tokens=4, mode="sequential",
+        prompt=PROMPT, a_name="prompt_lookup", b_name="early_exit", b_exit_layer=20, max_new_tokens=4, mode="sequential",
         api_name="/compare",
     )
     table = next(x for x in result if isinstance(x, dict) and "data" in x)

@@ -267,3 +267,21 @@ def test_discarded_newline_drafts_do_not_break_the_output_lines():
     tail = html_text[html_text.index('class="draft-tail"'):html_text.index("tok-baseline")]
     text_only = re.sub(r'title="[^"]*"', "", tail)  # tooltips may hold newlines; the rendered text may not
     assert "↵" in text_only and "\n" not in text_only
+
+
+def test_proposer_info_renders_summary_scalars_and_tables_escaped():
+    from specviz.ui.render import proposer_info_html
+
+    html = proposer_info_html(
+        {
+            "summary": "matched <b>3-gram</b>",
+            "exit_layer": 4,
+            "tables": [{"title": "n-gram table", "columns": ["next", "count", "score"],
+                        "rows": [["<img src=x onerror=alert(1)>", 3, 0.5]]}],
+        }
+    )
+    assert "matched &lt;b&gt;3-gram&lt;/b&gt;" in html
+    assert "exit_layer = <b>4</b>" in html
+    assert "<th>next</th><th>count</th><th>score</th>" in html
+    assert "<img" not in html and "&lt;img␣src=x␣onerror=alert(1)&gt;" in html
+    assert '<td class="num">3</td>' in html

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import torch
 
@@ -14,6 +14,9 @@ from ..sampling import SamplingConfig
 class Proposal:
     token_ids: list[int]  # the drafted chain, k ids (possibly fewer than asked, possibly none)
     draft_probs: torch.Tensor | None  # [k, vocab] the drafter's (transformed) distributions; None = no probabilities
+    # What drove this proposal, for the step inspector and the log (JSON-serialisable; see
+    # engine.events.StepEvent.proposer_info for the conventional keys).
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 class Proposer(Protocol):

@@ -10,11 +10,12 @@ text reach the page only through `specviz.ui.render`, which escapes it.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,16 +58,13 @@ PLOT_MIN_INTERVAL_S = 0.75
 STRATEGY_INFO = {s["name"]: s for s in describe_strategies()}
 STRATEGY_NAMES = list(STRATEGY_INFO)
 STRATEGY_DEFAULT_LABEL = {name: parse_strategy(name).label() for name in STRATEGY_NAMES}
-PARAM_FIELDS = ("k", "length_policy", "max_k", "drafter", "exit_layer", "max_ngram", "min_ngram")
-PARAM_HELP = {
-    "k": "draft length K (the starting K for the heuristic policy)",
-    "length_policy": "constant K, or heuristic: +2 after a fully accepted draft, -1 otherwise",
-    "max_k": "cap on K",
-    "drafter": "a same-tokenizer model (hub id or folder) or early-exit:N",
-    "exit_layer": "target layers the self-drafter runs",
-    "max_ngram": "longest suffix n-gram looked up",
-    "min_ngram": "shortest suffix n-gram tried",
-}
+# Every parameter of every strategy, in first-seen order: the explorer builds one field for each and shows
+# the fields of the chosen strategy.
+PARAM_INFO: dict[str, dict[str, Any]] = {}
+for _info in STRATEGY_INFO.values():
+    for _field, _meta in _info["parameters"].items():
+        PARAM_INFO.setdefault(_field, _meta)
+PARAM_FIELDS = tuple(PARAM_INFO)
 
 
 # -- helpers shared by handlers --------------------------------------------------------------------
@@ -256,6 +254,23 @@ class RunView:
                         concurrency_limit=None, api_visibility="undocumented", show_progress="hidden")
 
 
+def named_handler(fn: Callable[..., Iterator], names: list[str]) -> Callable[..., Iterator]:
+    """`fn(*values)` as a streaming handler whose API parameters carry these names.
+
+    The strategy fields are built from the strategy registry, so the handlers take them as *values; Gradio
+    names API parameters from the signature, which this sets explicitly.
+    """
+
+    def handler(*values):
+        yield from fn(*values)
+
+    handler.__signature__ = inspect.Signature(
+        [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in names]
+    )
+    handler.__name__ = fn.__name__
+    return handler
+
+
 def _explain(text: str) -> gr.Markdown:
     return gr.Markdown(text, elem_classes=["explain"])
 
@@ -338,34 +353,29 @@ def _field_updates(name: str) -> list:
     return updates
 
 
+def _param_field(prefix: str, field: str, meta: dict[str, Any], visible: bool) -> gr.components.Component:
+    """One input for a strategy parameter, typed from its config: numbers, choices or free text."""
+    common = dict(label=field, info=meta.get("help"), visible=visible, elem_id=f"{prefix}param-{field.replace('_', '-')}")
+    if meta["type"] == "int":
+        return gr.Number(meta["default"], precision=0, min_width=110, **common)
+    if meta["type"] == "float":
+        return gr.Number(meta["default"], min_width=110, **common)
+    if meta.get("choices"):
+        return gr.Dropdown(list(meta["choices"]), value=meta["default"], min_width=150, **common)
+    return gr.Textbox(str(meta["default"]), min_width=180, **common)
+
+
 def build_strategy_controls(prefix: str, label: str, default: str) -> StrategyControls:
     params = STRATEGY_INFO[default]["parameters"]
-
-    def default_of(field: str, fallback: Any) -> Any:
-        return params[field]["default"] if field in params else fallback
-
     strategy = gr.Dropdown(
         choices=[(f"{n}{'' if STRATEGY_INFO[n]['lossless'] else ' (lossy)'}", n) for n in STRATEGY_NAMES],
         value=default, label=label, elem_id=f"{prefix}strategy",
     )
     about = gr.Markdown(_about(default), elem_classes=["explain", "strategy-about"])
     with gr.Row(elem_classes=["param-row"]):
-        fields: dict[str, Any] = {
-            "k": gr.Number(default_of("k", 4), precision=0, label="k", info=PARAM_HELP["k"], minimum=1, maximum=64,
-                           visible="k" in params, elem_id=f"{prefix}param-k", min_width=110),
-            "length_policy": gr.Dropdown(["constant", "heuristic"], value=default_of("length_policy", "constant"),
-                                         label="length_policy", info=PARAM_HELP["length_policy"],
-                                         visible="length_policy" in params, min_width=150),
-            "max_k": gr.Number(default_of("max_k", 12), precision=0, label="max_k", info=PARAM_HELP["max_k"], minimum=1,
-                               maximum=64, visible="max_k" in params, min_width=110),
-            "drafter": gr.Textbox(default_of("drafter", "early-exit:6"), label="drafter", info=PARAM_HELP["drafter"],
-                                  visible="drafter" in params, min_width=180),
-            "exit_layer": gr.Number(default_of("exit_layer", 6), precision=0, label="exit_layer",
-                                    info=PARAM_HELP["exit_layer"], minimum=1, visible="exit_layer" in params, min_width=110),
-            "max_ngram": gr.Number(default_of("max_ngram", 3), precision=0, label="max_ngram", info=PARAM_HELP["max_ngram"],
-                                   minimum=1, maximum=16, visible="max_ngram" in params, min_width=110),
-            "min_ngram": gr.Number(default_of("min_ngram", 1), precision=0, label="min_ngram", info=PARAM_HELP["min_ngram"],
-                                   minimum=1, maximum=16, visible="min_ngram" in params, min_width=110),
+        fields = {
+            field: _param_field(prefix, field, params.get(field, meta), field in params)
+            for field, meta in PARAM_INFO.items()
         }
     controls = StrategyControls(strategy, about, fields)
     strategy.change(
@@ -545,12 +555,14 @@ def build_app(models: ModelCache, store: RunStore) -> gr.Blocks:
                          concurrency_limit=None, show_progress="hidden")
 
         # ---- Playground: one live run
-        def run_playground(prompt, strategy, k, length_policy, max_k, drafter, exit_layer, max_ngram, min_ngram,
-                           temperature, top_k, top_p, seed, max_new_tokens, target, raw):
+        def run_playground(prompt, strategy, *values):
+            params, (temperature, top_k, top_p, seed, max_new_tokens, target, raw) = (
+                values[: len(PARAM_FIELDS)], values[len(PARAM_FIELDS):]
+            )
             prompt_text, strategy_name, target_model, raw_prompt = prompt, strategy, target, raw
             try:
                 check_prompt_text(prompt_text)
-                strategy = controls.values(strategy_name, k, length_policy, max_k, drafter, exit_layer, max_ngram, min_ngram)
+                strategy = controls.values(strategy_name, *params)
                 sampling_cfg = sampling_from_inputs(temperature, top_k, top_p, seed)
                 max_tokens = max_tokens_from_input(max_new_tokens)
             except (SpecVizError, ValueError, TypeError) as exc:
@@ -611,7 +623,9 @@ def build_app(models: ModelCache, store: RunStore) -> gr.Blocks:
         run_inputs = [prompt_box] + controls.inputs() + sampling.inputs() + [max_new, target_box, raw_box]
         run_outputs = [status] + view.outputs()
         run_event = run_btn.click(
-            run_playground, run_inputs, run_outputs, api_name="run", concurrency_id=ENGINE_CONCURRENCY,
+            named_handler(run_playground, ["prompt", "strategy", *PARAM_FIELDS, "temperature", "top_k", "top_p", "seed",
+                                           "max_new_tokens", "target", "raw"]),
+            run_inputs, run_outputs, api_name="run", concurrency_id=ENGINE_CONCURRENCY,
             concurrency_limit=2, show_progress="hidden",
         )
 
@@ -635,14 +649,15 @@ def build_app(models: ModelCache, store: RunStore) -> gr.Blocks:
         )
 
         # ---- Compare: two live runs in two threads (+ the ar baseline when neither side is ar)
-        def run_compare(prompt, a_name, a_k, a_lp, a_maxk, a_drafter, a_exit, a_maxn, a_minn,
-                        b_name, b_k, b_lp, b_maxk, b_drafter, b_exit, b_maxn, b_minn,
-                        temperature, top_k, top_p, seed, max_new_tokens, mode, target):
+        def run_compare(prompt, *values):
+            n = len(PARAM_FIELDS)
+            a_name, a_params, b_name, b_params = values[0], values[1 : 1 + n], values[1 + n], values[2 + n : 2 + 2 * n]
+            temperature, top_k, top_p, seed, max_new_tokens, mode, target = values[2 + 2 * n:]
             prompt_text, target_model = prompt, target
             try:
                 check_prompt_text(prompt_text)
-                strat_a = side_a.values(a_name, a_k, a_lp, a_maxk, a_drafter, a_exit, a_maxn, a_minn)
-                strat_b = side_b.values(b_name, b_k, b_lp, b_maxk, b_drafter, b_exit, b_maxn, b_minn)
+                strat_a = side_a.values(a_name, *a_params)
+                strat_b = side_b.values(b_name, *b_params)
                 sampling_cfg = sampling_from_inputs(temperature, top_k, top_p, seed)
                 max_tokens = max_tokens_from_input(max_new_tokens)
             except (SpecVizError, ValueError, TypeError) as exc:
@@ -784,7 +799,9 @@ def build_app(models: ModelCache, store: RunStore) -> gr.Blocks:
         compare_inputs = ([c_prompt] + side_a.inputs() + side_b.inputs() + c_sampling.inputs()
                           + [c_max_new, c_mode, c_target])
         compare_outputs = [c_status, a_stream, b_stream, a_metrics, b_metrics, c_table, c_lossless, c_timing_note, c_state]
-        compare_event = c_run.click(run_compare, compare_inputs, compare_outputs, api_name="compare",
+        compare_names = (["prompt", "a_name", *(f"a_{f}" for f in PARAM_FIELDS), "b_name", *(f"b_{f}" for f in PARAM_FIELDS),
+                          "temperature", "top_k", "top_p", "seed", "max_new_tokens", "mode", "target"])
+        compare_event = c_run.click(named_handler(run_compare, compare_names), compare_inputs, compare_outputs, api_name="compare",
                                     concurrency_id=ENGINE_CONCURRENCY, concurrency_limit=2, show_progress="hidden")
         def after_compare_stop(state):
             if state and not any(r.get("status") in ("running", "waiting") for r in state.values()):

@@ -244,6 +244,44 @@ def _cand_bars(cands: Sequence[TokenCandidate], chosen: int | None = None) -> st
     return '<div class="cands">' + "".join(rows) + "</div>"
 
 
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f'<td class="num">{esc(fmt_prob(value) if 0 <= value <= 1 else f"{value:.3g}")}</td>'
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f'<td class="num">{value}</td>'
+    if isinstance(value, str):
+        return f"<td><code>{esc(visible_text(value))}</code></td>"
+    return f"<td>{esc(value)}</td>"
+
+
+def proposer_info_html(info: dict[str, Any]) -> str:
+    """The proposer's own account of a step (see engine.events.StepEvent.proposer_info), escaped."""
+    parts = ['<div class="insp-section proposer-info"><div class="insp-title">Why the drafter proposed this</div>']
+    if info.get("summary"):
+        parts.append(f"<div>{esc(info['summary'])}</div>")
+    scalars = [(k, v) for k, v in info.items() if k not in ("summary", "tables") and not isinstance(v, (dict, list))]
+    if scalars:
+        parts.append(
+            '<div class="muted">' + " · ".join(
+                f"{esc(k)} = <b>{esc(fmt_prob(v) if isinstance(v, float) and 0 <= v <= 1 else v)}</b>" for k, v in scalars
+            ) + "</div>"
+        )
+    for table in info.get("tables") or []:
+        if not isinstance(table, dict):
+            continue
+        head = "".join(f"<th>{esc(c)}</th>" for c in table.get("columns", []))
+        body = "".join(
+            "<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in table.get("rows", []) if isinstance(row, list)
+        )
+        parts.append(
+            f'<div class="insp-subtitle">{esc(table.get("title", ""))}</div>'
+            f'<div class="insp-table-wrap"><table class="insp-table"><thead><tr>{head}</tr></thead>'
+            f"<tbody>{body}</tbody></table></div>"
+        )
+    parts.append("</div>")
+    return "".join(parts)
+
+
 def step_inspector_html(events: Sequence[StepEvent], index: int | None = None) -> str:
     if not events:
         return '<div class="inspector empty muted">No steps yet. Run a prompt (or open a logged run) and pick a step with the slider.</div>'
@@ -272,6 +310,9 @@ def step_inspector_html(events: Sequence[StepEvent], index: int | None = None) -
         + (f' <span class="muted">({inputs})</span>' if inputs else "")
         + "</div></div>"
     )
+    # what drove the proposal (proposer-specific state: n-gram table, retrieved candidates, exit layer, ...)
+    if step.proposer_info:
+        out.append(proposer_info_html(step.proposer_info))
     # proposal table
     if step.draft:
         greedy = all(t.uniform is None for t in step.draft if t.verdict != "unchecked")
