@@ -49,6 +49,8 @@ class Row:
     baseline_wall_s: float
     identical: bool | None
     per_position: list[float] = field(default_factory=list)
+    draft_s: float = 0.0  # time spent drafting
+    baseline_steps: int = 0  # steps (= target forward passes after the prefill) of the ar run
 
 
 def _ratio(a: float, b: float) -> float:
@@ -68,25 +70,29 @@ def summarise(rows: list[Row]) -> list[dict]:
         accepted = sum(r.accepted for r in rs)
         wall = sum(r.wall_s for r in rs)
         identical = [r.identical for r in rs if r.identical is not None]
+        # cost ratio c: drafting time per drafted token / the baseline's time per target step
+        baseline_step_s = _ratio(sum(r.baseline_wall_s for r in rs), sum(r.baseline_steps for r in rs))
         out.append({
             "strategy": strategy, "category": category, "prompts": len(rs),
             "speedup": _ratio(sum(r.baseline_wall_s for r in rs), wall),
             "mean_acceptance_length": 1 + accepted / steps if steps else float("nan"),
             "acceptance_rate": accepted / drafted if drafted else float("nan"),
             "tokens_per_s": _ratio(sum(r.new_tokens for r in rs), wall),
+            "cost_ratio": _ratio(_ratio(sum(r.draft_s for r in rs), drafted), baseline_step_s) if drafted else float("nan"),
             "identical": (all(identical) if identical else None),
         })
     return out
 
 
 def markdown(summary: list[dict]) -> str:
-    lines = ["| strategy | category | prompts | speedup | mean acc. length | acc. rate | tok/s | identical |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| strategy | category | prompts | speedup | mean acc. length | acc. rate | cost ratio | tok/s | identical |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for s in sorted(summary, key=lambda s: (s["strategy"], s["category"] == "ALL", s["category"])):
         ident = "n/a" if s["identical"] is None else ("yes" if s["identical"] else "NO")
         lines.append(
             f"| {s['strategy']} | {s['category']} | {s['prompts']} | {s['speedup']:.2f}x | "
-            f"{s['mean_acceptance_length']:.2f} | {s['acceptance_rate']:.2f} | {s['tokens_per_s']:.1f} | {ident} |"
+            f"{s['mean_acceptance_length']:.2f} | {s['acceptance_rate']:.2f} | {s['cost_ratio']:.2f} | "
+            f"{s['tokens_per_s']:.1f} | {ident} |"
         )
     return "\n".join(lines)
 
@@ -141,7 +147,7 @@ def run_suite(args: argparse.Namespace, models: ModelCache) -> list[Row]:
                 rows.append(Row(
                     _row_name(strategy), category, prompt.id, m.new_tokens, m.steps, m.drafted, m.accepted, m.wall_s,
                     baseline.metrics.wall_s, result.token_ids == baseline.token_ids if sampling.greedy else None,
-                    m.per_position_acceptance,
+                    m.per_position_acceptance, sum(e.timings.draft_s for e in result.events), baseline.metrics.steps,
                 ))
                 print(f"{prompt.id:<18} {_row_name(strategy):<24} {m.new_tokens:>4} tok {m.wall_s:6.2f} s "
                       f"speedup {_ratio(baseline.metrics.wall_s, m.wall_s):.2f}x "

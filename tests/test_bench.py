@@ -13,15 +13,17 @@ from specviz.bench import Row, markdown, summarise
 def test_summary_uses_summed_wall_times_and_established_definitions():
     rows = [
         Row("prompt_lookup", "rag", "rag-00", new_tokens=10, steps=5, drafted=8, accepted=5, wall_s=1.0,
-            baseline_wall_s=2.0, identical=True),
+            baseline_wall_s=2.0, identical=True, draft_s=0.4, baseline_steps=10),
         Row("prompt_lookup", "rag", "rag-01", new_tokens=10, steps=10, drafted=4, accepted=0, wall_s=3.0,
-            baseline_wall_s=2.0, identical=False),
+            baseline_wall_s=2.0, identical=False, draft_s=0.2, baseline_steps=10),
     ]
     (overall,) = [s for s in summarise(rows) if s["category"] == "ALL"]
     assert overall["speedup"] == pytest.approx(4.0 / 4.0)
     assert overall["mean_acceptance_length"] == pytest.approx(1 + 5 / 15)
     assert overall["acceptance_rate"] == pytest.approx(5 / 12)
     assert overall["identical"] is False
+    # drafting 0.6 s / 12 drafted tokens = 0.05 s per token; the baseline took 4 s / 20 steps = 0.2 s per step
+    assert overall["cost_ratio"] == pytest.approx(0.25)
     assert "| prompt_lookup | rag | 2 |" in markdown(summarise(rows))
 
 

@@ -16,10 +16,15 @@ class DraftModelProposer:
     tokens feeds the uncached context tokens, then d1..d(k-1); after the verdict the cache is
     cropped to the accepted prefix. When the whole draft was accepted the cache lacks dk, so the
     next proposal feeds [dk, bonus] to catch up.
+
+    Double early exit (Kangaroo): with `stop_below > 0` drafting also stops at the first position
+    whose top drafter probability falls below that threshold; the unsure token is not proposed,
+    so a hard stretch costs one cheap drafter pass instead of a rejected chain.
     """
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, stop_below: float = 0.0):
         self.model = model
+        self.stop_below = stop_below
         self.lm: CachedCausalLM | None = None
         self._context_length = 0
 
@@ -33,17 +38,30 @@ class DraftModelProposer:
         logits = self.lm.forward(context[self.lm.cached_length :])[-1]
         tokens: list[int] = []
         probs: list[torch.Tensor] = []
+        info: dict = {}
         for i in range(k):
             # 2. the same sampling transforms as the target's
             check_finite(logits, "drafter")
             dist = logits_to_probs(logits[None], sampling)[0]
+            # 3. double early exit: an unsure drafter stops here (the decision uses only the context)
+            confidence = float(dist.max())
+            if confidence < self.stop_below:
+                info = {
+                    "summary": f"stopped drafting at position {i}: top drafter probability "
+                    f"{confidence:.2f} < threshold {self.stop_below:.2f}",
+                    "stopped_at": i,
+                    "confidence": confidence,
+                }
+                break
             token = int(dist.argmax()) if sampling.greedy else sample(dist, generator)
             tokens.append(token)
             probs.append(dist)
-            # 3. feed the drafted token, except after the last one (its logits would be wasted)
+            # 4. feed the drafted token, except after the last one (its logits would be wasted)
             if i + 1 < k:
                 logits = self.lm.forward([token])[-1]
-        return Proposal(tokens, torch.stack(probs) if probs else None)
+        if self.stop_below > 0 and not info:
+            info = {"summary": f"drafted all {len(tokens)}: every top drafter probability >= {self.stop_below:.2f}"}
+        return Proposal(tokens, torch.stack(probs) if probs else None, info)
 
     def observe(self, num_accepted: int) -> None:
         assert self.lm is not None
