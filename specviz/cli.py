@@ -1,4 +1,4 @@
-"""Command line: `specviz run`, `specviz strategies`, `specviz bench`.
+"""Command line: `specviz run`, `specviz strategies`, `specviz bench`, `specviz train-drafter`.
 
 User mistakes (bad parameters, empty prompts, unknown models) print one line to stderr and exit
 with status 2; nothing prints a traceback for them.
@@ -14,7 +14,7 @@ import sys
 from engine import EMBEDDED_DEFAULT, ModelCache, SamplingConfig, SpecVizError, describe_strategies, parse_strategy
 from engine.errors import ConfigError
 
-from .runner import RunRequest, Runner
+from .runner import RunRequest, Runner, read_document_file
 from .store import RunStore, default_db_path
 
 EXIT_USAGE = 2
@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--strategy", required=True, help="strategy name (see `specviz strategies`)")
     run.add_argument("--target", default=EMBEDDED_DEFAULT, help=f"target model: hub id or folder (default {EMBEDDED_DEFAULT})")
     run.add_argument("--drafter", help="drafter model for draft_model: hub id, folder, or early-exit:N")
+    run.add_argument("--document", metavar="FILE", help="UTF-8 text file attached to the run, for retrieval drafting (rasd)")
     run.add_argument("--max-new-tokens", type=int, default=128)
     run.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     run.add_argument("--top-k", type=int, default=0)
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     strategies.add_argument("--json", action="store_true")
 
     sub.add_parser("bench", help="benchmark strategies on the prompt suite (specviz bench --help)", add_help=False)
+    sub.add_parser("train-drafter", help="train small drafters for a target (specviz train-drafter --help)", add_help=False)
     return parser
 
 
@@ -82,6 +84,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     request = RunRequest(
         prompt=_read_prompt(args), strategy=strategy, sampling=sampling, max_new_tokens=args.max_new_tokens,
         target=args.target, raw=args.raw, source="cli",
+        document=None if args.document is None else read_document_file(args.document),
     )
     runner = Runner(ModelCache(), RunStore(args.db))
     progress = None if args.json else (lambda message: print(message, file=sys.stderr))
@@ -135,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
             from .bench import main as bench_main
 
             return bench_main(argv[1:])
+        if argv[:1] == ["train-drafter"]:  # so does training
+            from .training.distill import main as train_main
+
+            return train_main(argv[1:])
         try:
             args = build_parser().parse_args(argv)
         except SystemExit as exc:  # argparse's usage errors and --help

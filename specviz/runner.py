@@ -8,6 +8,7 @@ iterating) or errored.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from engine import (
     check_max_new_tokens,
     encode_prompt,
 )
+from engine.errors import ConfigError
 
 from .store import RunStore
 
@@ -38,6 +40,7 @@ class RunRequest:
     raw: bool = False  # True: no chat template
     source: str = "cli"  # who started it: cli | ui | bench
     group_id: str | None = None  # links the runs of one comparison or benchmark
+    document: str | None = None  # text attached to the run for retrieval drafting (rasd); others ignore it
 
 
 @dataclass
@@ -67,6 +70,32 @@ def new_group_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
+MAX_DOCUMENT_BYTES = 1_000_000  # an attached document, UTF-8 (about 200k tokens: tokenised and indexed in seconds)
+
+
+def _check_document_size(size: int, what: str) -> None:
+    if size > MAX_DOCUMENT_BYTES:
+        raise ConfigError("document", f"{what} is {size / 1e6:.1f} MB; the limit is {MAX_DOCUMENT_BYTES / 1e6:g} MB")
+
+
+def read_document_file(path: str | os.PathLike) -> str:
+    """A text file to attach as a run's document: UTF-8 text of at most MAX_DOCUMENT_BYTES."""
+    name = os.path.basename(path)
+    try:
+        _check_document_size(os.path.getsize(path), name)
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        raise ConfigError("document", f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError("document", f"{name} is not a UTF-8 text file") from None
+    if "\x00" in text:
+        raise ConfigError("document", f"{name} looks like a binary file, not text")
+    return text
+
+
 class Runner:
     def __init__(self, models: ModelCache, store: RunStore | None = None):
         self.models = models
@@ -74,9 +103,13 @@ class Runner:
 
     def prepare(self, request: RunRequest, progress=None) -> PreparedRun:
         check_max_new_tokens(request.max_new_tokens)
+        if request.document is not None:
+            _check_document_size(len(request.document.encode("utf-8")), "the document")
         target = self.models.get(request.target, progress=progress)
         prompt_ids = encode_prompt(target.tokenizer, request.prompt, raw=request.raw)
-        decoder = build_decoder(request.strategy, target, self.models, request.sampling, progress=progress)
+        decoder = build_decoder(
+            request.strategy, target, self.models, request.sampling, progress=progress, document=request.document
+        )
         decoder.check_prompt(prompt_ids)
         return PreparedRun(request, decoder, prompt_ids)
 
@@ -96,6 +129,7 @@ class Runner:
                 raw_prompt=request.raw,
                 source=request.source,
                 group_id=request.group_id,
+                document=request.document,
             )
         events: list[StepEvent] = []
         token_ids: list[int] = []

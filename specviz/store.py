@@ -24,10 +24,11 @@ import sqlite_utils
 from engine.events import DraftedToken, LengthDecision, NewToken, OutputToken, PhaseTimings, StepEvent, TokenCandidate
 from engine.metrics import RunMetrics
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Columns added after version 1: a log written by an older SpecViz gains them (empty) when opened.
 ADDED_COLUMNS: tuple[tuple[str, str, type], ...] = (
     ("steps", "proposer_info", str),  # v2: what drove the proposal (JSON), engine.events.StepEvent.proposer_info
+    ("runs", "document", str),  # v3: the text attached for retrieval drafting (rasd), specviz.runner.RunRequest.document
 )
 BUSY_TIMEOUT_S = 30.0
 
@@ -89,7 +90,7 @@ class RunStore:
                     "prompt_tokens": int, "output_text": str, "output_token_ids": str, "stop_reason": str,
                     "error": str, "new_tokens": int, "steps": int, "target_forwards": int, "drafted": int,
                     "accepted": int, "acceptance_rate": float, "mean_acceptance_length": float,
-                    "per_position_acceptance": str, "wall_s": float, "tokens_per_s": float,
+                    "per_position_acceptance": str, "wall_s": float, "tokens_per_s": float, "document": str,
                 },
                 pk="id",
                 not_null={"created_at", "status", "strategy", "prompt"},
@@ -150,6 +151,7 @@ class RunStore:
         raw_prompt: bool = False,
         source: str = "cli",
         group_id: str | None = None,
+        document: str | None = None,
     ) -> int:
         row = {
             "created_at": _now(), "finished": 0, "status": "running", "source": source, "group_id": group_id,
@@ -157,7 +159,7 @@ class RunStore:
             "lossless": int(strategy.lossless), "target": target, "drafter": drafter,
             "temperature": sampling.temperature, "top_k": sampling.top_k, "top_p": sampling.top_p,
             "seed": sampling.seed, "max_new_tokens": max_new_tokens, "raw_prompt": int(raw_prompt),
-            "prompt": prompt, "prompt_tokens": prompt_tokens,
+            "prompt": prompt, "prompt_tokens": prompt_tokens, "document": document,
         }
         with self.db.conn:
             return int(self.db["runs"].insert(row).last_pk)

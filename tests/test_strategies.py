@@ -119,7 +119,8 @@ def test_describe_strategies_lists_everything():
     assert {k: v for k, v in by_name["prompt_lookup"]["parameters"]["k"].items() if k != "help"} == {"default": 4, "type": "int"}
     assert by_name["draft_model"]["parameters"]["length_policy"]["choices"] == ["constant", "heuristic"]
     assert by_name["prompt_lookup"]["parameters"]["min_ngram"]["default"] == 2
-    assert by_name["draft_model"]["parameters"]["drafter"]["default"] == "early-exit:6"
+    assert by_name["draft_model"]["parameters"]["drafter"]["default"] == "distilled"
+    assert by_name["draft_model"]["parameters"]["vocab_trim"]["default"] == 0
     assert by_name["early_exit"]["parameters"]["exit_layer"]["default"] == 6
     assert all(d["lossless"] for d in described)  # every strategy so far is lossless
 
@@ -128,7 +129,7 @@ def test_labels_and_params():
     assert AutoregressiveConfig().label() == "ar"
     assert PromptLookupConfig(k=5).label() == "prompt_lookup(k=5, length_policy=constant, max_k=12, max_ngram=3, min_ngram=2)"
     assert EarlyExitConfig(exit_layer=4).drafter == "early-exit:4"
-    assert DraftModelConfig().params()["drafter"] == "early-exit:6"
+    assert DraftModelConfig().params()["drafter"] == "distilled"
 
 
 # --------------------------------------------------------------------------- policies

@@ -38,7 +38,7 @@ from engine import (
 from engine.errors import ConfigError, PromptError
 from specviz.figures import acceptance_figure
 from specviz.prompts import SuitePrompt, load_prompt_suite
-from specviz.runner import PreparedRun, RunRequest, Runner, RunUpdate, new_group_id
+from specviz.runner import MAX_DOCUMENT_BYTES, PreparedRun, RunRequest, Runner, RunUpdate, new_group_id, read_document_file
 from specviz.store import RunStore
 
 from . import render
@@ -407,6 +407,36 @@ def build_sampling_controls(prefix: str) -> SamplingControls:
     return SamplingControls(temperature, top_k, top_p, seed)
 
 
+def build_document_controls(prefix: str) -> tuple[gr.Textbox, gr.File]:
+    """The document attached to a run: pasted text, or a text file loaded into the same box."""
+    with gr.Accordion("Document (for retrieval drafting)", open=False, elem_id=f"{prefix}document-accordion"):
+        _explain(
+            "The **rasd** strategy drafts from this text: it finds the last few tokens of the text so far in the "
+            "document and proposes what follows them there, where the drafter model finds it likely enough (tau); "
+            "the drafter can then add tokens of its own (drafter_tokens). "
+            f"Other strategies ignore it. Paste text or upload a UTF-8 text file of at most {MAX_DOCUMENT_BYTES // 1_000_000} MB."
+        )
+        document = gr.Textbox("", label="Document", lines=4, max_lines=12, elem_id=f"{prefix}document",
+                              placeholder="Paste the document here, or upload a text file below")
+        upload = gr.File(label="Upload a text file", file_count="single", type="filepath", height=100,
+                         elem_id=f"{prefix}document-file")
+    return document, upload
+
+
+def load_document_file(path: str) -> tuple[Any, str]:
+    """An uploaded file into the document box, or a clear message (binary, too large, unreadable)."""
+    try:
+        text = read_document_file(path)
+    except SpecVizError as exc:
+        _toast(str(exc))
+        return gr.skip(), render.status_html(str(exc), "error")
+    return text, render.status_html(f"Loaded the document {Path(path).name}: {len(text):,} characters.", "ok")
+
+
+def document_or_none(text: Any) -> str | None:
+    return text if isinstance(text, str) and text.strip() else None
+
+
 # -- the app --------------------------------------------------------------------------------------
 
 HEADER = """
@@ -444,6 +474,7 @@ def build_app(models: ModelCache, store: RunStore) -> gr.Blocks:
                             target_box = gr.Textbox(EMBEDDED_DEFAULT, label="target model", elem_id="target",
                                                 info="the embedded default, a local folder, or a Hugging Face id")
                             raw_box = gr.Checkbox(False, label="raw prompt (no chat template)")
+                        document_box, document_file = build_document_controls("")
                         with gr.Row():
                             run_btn = gr.Button("Run", variant="primary", elem_id="run")
                             stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
@@ -481,6 +512,7 @@ def build_app(models: ModelCache, store: RunStore) -> gr.Blocks:
                         )
                         with gr.Accordion("Advanced", open=False):
                             c_target = gr.Textbox(EMBEDDED_DEFAULT, label="target model")
+                        c_document, c_document_file = build_document_controls("compare-")
                         with gr.Row():
                             c_run = gr.Button("Compare", variant="primary", elem_id="compare-run")
                             c_stop = gr.Button("Stop", variant="stop", elem_id="compare-stop")
@@ -533,6 +565,8 @@ def build_app(models: ModelCache, store: RunStore) -> gr.Blocks:
                     with gr.Column(scale=1):
                         h_status = gr.HTML(render.status_html("Click a row (or type a run id) to open a run."),
                                            elem_id="history-status", js_on_load=None)
+                h_document = gr.Textbox(label="Document attached to this run", lines=3, max_lines=10, interactive=False,
+                                        visible=False, elem_id="history-document")
                 h_stream, h_metrics = build_stream_panel("history-")
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=6, min_width=380):
@@ -554,9 +588,14 @@ def build_app(models: ModelCache, store: RunStore) -> gr.Blocks:
         c_example.change(pick_example, [c_example, c_max_new], [c_prompt, c_max_new], api_visibility="undocumented",
                          concurrency_limit=None, show_progress="hidden")
 
+        document_file.upload(load_document_file, document_file, [document_box, status],
+                             api_visibility="undocumented", concurrency_limit=None, show_progress="hidden")
+        c_document_file.upload(load_document_file, c_document_file, [c_document, c_status],
+                               api_visibility="undocumented", concurrency_limit=None, show_progress="hidden")
+
         # ---- Playground: one live run
         def run_playground(prompt, strategy, *values):
-            params, (temperature, top_k, top_p, seed, max_new_tokens, target, raw) = (
+            params, (temperature, top_k, top_p, seed, max_new_tokens, target, raw, document) = (
                 values[: len(PARAM_FIELDS)], values[len(PARAM_FIELDS):]
             )
             prompt_text, strategy_name, target_model, raw_prompt = prompt, strategy, target, raw
@@ -573,6 +612,7 @@ def build_app(models: ModelCache, store: RunStore) -> gr.Blocks:
             request = RunRequest(
                 prompt=prompt_text, strategy=strategy, sampling=sampling_cfg, max_new_tokens=max_tokens,
                 target=(target_model or EMBEDDED_DEFAULT).strip() or EMBEDDED_DEFAULT, raw=bool(raw_prompt), source="ui",
+                document=document_or_none(document),
             )
             label = strategy.label()
             yield {
@@ -620,11 +660,11 @@ def build_app(models: ModelCache, store: RunStore) -> gr.Blocks:
             finally:
                 updates.close()  # a Stop (generator closed) marks the run "stopped" in the log
 
-        run_inputs = [prompt_box] + controls.inputs() + sampling.inputs() + [max_new, target_box, raw_box]
+        run_inputs = [prompt_box] + controls.inputs() + sampling.inputs() + [max_new, target_box, raw_box, document_box]
         run_outputs = [status] + view.outputs()
         run_event = run_btn.click(
             named_handler(run_playground, ["prompt", "strategy", *PARAM_FIELDS, "temperature", "top_k", "top_p", "seed",
-                                           "max_new_tokens", "target", "raw"]),
+                                           "max_new_tokens", "target", "raw", "document"]),
             run_inputs, run_outputs, api_name="run", concurrency_id=ENGINE_CONCURRENCY,
             concurrency_limit=2, show_progress="hidden",
         )
@@ -652,7 +692,7 @@ def build_app(models: ModelCache, store: RunStore) -> gr.Blocks:
         def run_compare(prompt, *values):
             n = len(PARAM_FIELDS)
             a_name, a_params, b_name, b_params = values[0], values[1 : 1 + n], values[1 + n], values[2 + n : 2 + 2 * n]
-            temperature, top_k, top_p, seed, max_new_tokens, mode, target = values[2 + 2 * n:]
+            temperature, top_k, top_p, seed, max_new_tokens, mode, target, document = values[2 + 2 * n:]
             prompt_text, target_model = prompt, target
             try:
                 check_prompt_text(prompt_text)
@@ -667,9 +707,9 @@ def build_app(models: ModelCache, store: RunStore) -> gr.Blocks:
                 return
             yield from compare_runs(prompt_text, strat_a, strat_b, sampling_cfg, max_tokens,
                                     "sequential" if mode == "sequential" else "concurrent",
-                                    (target_model or EMBEDDED_DEFAULT).strip() or EMBEDDED_DEFAULT)
+                                    (target_model or EMBEDDED_DEFAULT).strip() or EMBEDDED_DEFAULT, document_or_none(document))
 
-        def compare_runs(prompt_text, strat_a, strat_b, sampling_cfg, max_tokens, mode, target_model):
+        def compare_runs(prompt_text, strat_a, strat_b, sampling_cfg, max_tokens, mode, target_model, document):
             group = new_group_id()
             jobs: list[tuple[str, StrategyConfig]] = [("A", strat_a), ("B", strat_b)]
             if strat_a.name != "ar" and strat_b.name != "ar":
@@ -688,7 +728,8 @@ def build_app(models: ModelCache, store: RunStore) -> gr.Blocks:
             try:
                 for side, strat in jobs:  # prepare one at a time: model loads and tokenizers stay single-threaded
                     request = RunRequest(prompt=prompt_text, strategy=strat, sampling=sampling_cfg,
-                                         max_new_tokens=max_tokens, target=target_model, source="ui", group_id=group)
+                                         max_new_tokens=max_tokens, target=target_model, source="ui", group_id=group,
+                                         document=document)
                     prep = _prepare_in_thread(runner, request)
                     try:
                         while True:
@@ -797,10 +838,10 @@ def build_app(models: ModelCache, store: RunStore) -> gr.Blocks:
             }
 
         compare_inputs = ([c_prompt] + side_a.inputs() + side_b.inputs() + c_sampling.inputs()
-                          + [c_max_new, c_mode, c_target])
+                          + [c_max_new, c_mode, c_target, c_document])
         compare_outputs = [c_status, a_stream, b_stream, a_metrics, b_metrics, c_table, c_lossless, c_timing_note, c_state]
         compare_names = (["prompt", "a_name", *(f"a_{f}" for f in PARAM_FIELDS), "b_name", *(f"b_{f}" for f in PARAM_FIELDS),
-                          "temperature", "top_k", "top_p", "seed", "max_new_tokens", "mode", "target"])
+                          "temperature", "top_k", "top_p", "seed", "max_new_tokens", "mode", "target", "document"])
         compare_event = c_run.click(named_handler(run_compare, compare_names), compare_inputs, compare_outputs, api_name="compare",
                                     concurrency_id=ENGINE_CONCURRENCY, concurrency_limit=2, show_progress="hidden")
         def after_compare_stop(state):
@@ -841,9 +882,9 @@ def build_app(models: ModelCache, store: RunStore) -> gr.Blocks:
                 return {h_status: render.status_html(str(exc), "error")}
             state = _run_state(events, run["prompt"], run.get("strategy_label") or run["strategy"], run["id"], False)
             return {h_status: render.status_html(_run_summary(run, events), "ok"), h_run_id: run["id"],
-                    **h_view.render(state, note=_run_settings(run))}
+                    h_document: _document_update(run), **h_view.render(state, note=_run_settings(run))}
 
-        h_open_outputs = [h_status, h_run_id] + h_view.outputs()
+        h_open_outputs = [h_status, h_run_id, h_document] + h_view.outputs()
         h_open.click(open_run, [h_run_id], h_open_outputs, api_name="open_run", concurrency_limit=None)
         h_run_id.submit(open_run, [h_run_id], h_open_outputs, api_visibility="undocumented", concurrency_limit=None)
 
@@ -863,6 +904,7 @@ def build_app(models: ModelCache, store: RunStore) -> gr.Blocks:
                 return
             label = run.get("strategy_label") or run["strategy"]
             delay = min(0.25, 12.0 / max(len(events), 1))
+            yield {h_document: _document_update(run)}
             for i in range(1, len(events) + 1):
                 state = _run_state(events[:i], run["prompt"], label, run["id"], i < len(events))
                 yield {h_status: render.status_html(f"Replaying run #{run['id']}: step {i} of {len(events)}", "running"),
@@ -871,7 +913,7 @@ def build_app(models: ModelCache, store: RunStore) -> gr.Blocks:
                 time.sleep(delay)
             yield {h_status: render.status_html(_run_summary(run, events), "ok")}
 
-        h_replay.click(replay_run, [h_run_id], [h_status] + h_view.outputs(), api_visibility="undocumented",
+        h_replay.click(replay_run, [h_run_id], [h_status, h_document] + h_view.outputs(), api_visibility="undocumented",
                        concurrency_limit=4, concurrency_id="replay", show_progress="hidden")
         demo.load(list_history, history_inputs, h_table, api_visibility="undocumented", concurrency_limit=None)
 
@@ -1005,9 +1047,15 @@ def _run_summary(run: dict, events: list[StepEvent]) -> str:
             f"{len(events)} steps, {n_tokens} tokens · {(run.get('created_at') or '')[:19].replace('T', ' ')}")
 
 
+def _document_update(run: dict) -> dict:
+    """The History's document box: the run's attached document, hidden when it had none."""
+    return gr.update(value=run.get("document") or "", visible=bool(run.get("document")))
+
+
 def _run_settings(run: dict) -> str:
     return (f"target {run.get('target')} · temperature {run.get('temperature')} · top_k {run.get('top_k')} · "
             f"top_p {run.get('top_p')} · seed {run.get('seed')} · max new tokens {run.get('max_new_tokens')}"
+            + (f" · document: {len(run['document']):,} characters" if run.get("document") else "")
             + (f" · stop: {run.get('stop_reason')}" if run.get("stop_reason") else "")
             + (f" · error: {run.get('error')}" if run.get("error") else ""))
 
