@@ -285,7 +285,7 @@ class AdaptiveNgramProposer:
         if walk:
             first = walk[0]
             seen = sum(c.count for c in first.candidates)
-            head = f"{len(first.context)}-token context {self._text(first.context)!r} seen {seen} times"
+            head = f"{len(first.context)}-token context {self._text(first.context)!r} seen {seen} time{'s' * (seen != 1)}"
         else:
             head = "no context found"
         return {
