@@ -230,26 +230,9 @@ def _check_target(config: dict, target: LoadedModel, folder: Path) -> None:
         raise ModelLoadError(f"the trained drafter in {folder} was made for another target ({details})")
 
 
-_TRIM_SUFFIX = "+vocab-trim:"
-
-
 def trained_drafter_name(spec: str, vocab_trim: int = 0) -> str:
     """The name of a loaded trained drafter: "distilled", "kangaroo:4+vocab-trim:8192", ..."""
-    return f"{spec}{_TRIM_SUFFIX}{vocab_trim}" if vocab_trim else spec
-
-
-def is_trained_drafter_name(name: str) -> bool:
-    """Whether a drafter spec names a trained drafter ("distilled", "kangaroo:<e>", optionally "+vocab-trim:<N>")."""
-    spec, _, trim = (name or "").strip().partition(_TRIM_SUFFIX)
-    return _SPEC.fullmatch(spec) is not None and (not trim or trim.isdigit())
-
-
-def split_trained_drafter_name(name: str) -> tuple[str, int]:
-    """The inverse of `trained_drafter_name`: "kangaroo:4+vocab-trim:8192" -> ("kangaroo:4", 8192)."""
-    if not is_trained_drafter_name(name):
-        raise ModelLoadError(f"not a trained drafter: {name!r} (use e.g. 'distilled' or 'kangaroo:2{_TRIM_SUFFIX}8192')")
-    spec, _, trim = name.strip().partition(_TRIM_SUFFIX)
-    return spec, int(trim or 0)
+    return f"{spec}+vocab-trim:{vocab_trim}" if vocab_trim else spec
 
 
 def load_trained_drafter(target: LoadedModel, spec: str, vocab_trim: int = 0, folder: Path | str | None = None) -> LoadedModel:

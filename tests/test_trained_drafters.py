@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import copy
+import os
 
 import pytest
 import torch
@@ -24,11 +25,9 @@ from engine.trained_drafters import (
     DrafterSpec,
     available,
     drafters_dir,
-    is_trained_drafter_name,
     load_trained_drafter,
     new_distilled,
     new_kangaroo,
-    split_trained_drafter_name,
     target_key,
     trained_drafter_name,
 )
@@ -183,6 +182,55 @@ def test_packed_training_batches_compute_what_separate_sequences_do(tiny_target)
                 torch.testing.assert_close(hidden[batch.rows, batch.cols], torch.cat(alone))
 
 
+def _tiny_training_data(seed: int = 0):
+    """Six sequences (two prompts x three temperatures) with random teacher top-4 distributions."""
+    from specviz.training.data import DataConfig, TrainingData
+
+    generator = torch.Generator().manual_seed(seed)
+    sequences = []
+    for prompt_id, prompt in (("a", [3, 5, 7]), ("b", [1, 2, 3, 4])):
+        for temperature in (0.0, 0.7, 1.0):
+            continuation = torch.randint(0, TINY_VOCAB, (5,), generator=generator).tolist()
+            sequences.append(Sequence(prompt_id, "test", temperature, len(prompt), torch.tensor(prompt + continuation),
+                                      torch.randint(0, TINY_VOCAB, (5, 4), generator=generator),
+                                      torch.log_softmax(torch.randn(5, 4, generator=generator), -1).half()))
+    order = torch.randperm(TINY_VOCAB, generator=generator)
+    return TrainingData(DataConfig(prompts=2), "tiny", sequences, torch.zeros(TINY_VOCAB, dtype=torch.long), order, 0.0)
+
+
+def test_a_killed_training_run_resumes_where_it_stopped(tmp_path, monkeypatch, tiny_target):
+    """Kill a run after its step-2 checkpoint; the rerun resumes and ends with the weights of an uninterrupted run."""
+    from specviz.training import distill
+
+    data = _tiny_training_data()
+    config = distill.TrainConfig(steps=4, batch_prompts=1, train_vocab=TINY_VOCAB, eval_vocab_trim=0)
+    log = distill.RunLog(tmp_path / "log.txt", stream=open(os.devnull, "w"))
+    monkeypatch.setattr(distill, "CHECKPOINT_EVERY", 2)
+
+    def run(student, checkpoint):
+        distill.train(student, tiny_target, data.sequences, data, config, torch.Generator().manual_seed(0), log, checkpoint)
+        return distill.own_state(student.drafters[0], 0)
+
+    uninterrupted = run(DistilledStudent(tiny_target, (0, 2)), tmp_path / "a.pt")
+    real_loss, calls = distill.distill_loss, []
+
+    def dies_at_step_3(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_loss(*args)
+
+    monkeypatch.setattr(distill, "distill_loss", dies_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        run(DistilledStudent(tiny_target, (0, 2)), tmp_path / "b.pt")
+    assert (tmp_path / "b.pt").is_file()
+    monkeypatch.setattr(distill, "distill_loss", real_loss)
+    resumed = run(DistilledStudent(tiny_target, (0, 2)), tmp_path / "b.pt")
+    assert "Resuming from" in (tmp_path / "log.txt").read_text() and not (tmp_path / "b.pt").exists()
+    for key, tensor in uninterrupted.items():
+        torch.testing.assert_close(resumed[key], tensor, rtol=0, atol=0)
+
+
 def test_vocab_trim_keeps_the_most_frequent_ids(tiny_folder, tiny_target):
     loaded = load_trained_drafter(tiny_target, "distilled", vocab_trim=5, folder=tiny_folder)
     assert loaded.name == "distilled+vocab-trim:5"
@@ -222,11 +270,9 @@ def test_drafter_for_another_target_is_refused(tiny_folder):
 
 
 def test_spec_and_folder_names():
-    for spec, trim in (("distilled", 0), ("kangaroo:4", 8192)):
-        name = trained_drafter_name(spec, trim)
-        assert is_trained_drafter_name(name) and split_trained_drafter_name(name) == (spec, trim)
-    for other in ("early-exit:4", "kangaroo", "distilled+vocab-trim:x", "HuggingFaceTB/SmolLM2-360M"):
-        assert not is_trained_drafter_name(other)
+    assert trained_drafter_name("kangaroo:4", 8192) == "kangaroo:4+vocab-trim:8192" and trained_drafter_name("distilled") == "distilled"
+    for other in ("early-exit:4", "kangaroo", "kangaroo:0", "HuggingFaceTB/SmolLM2-360M"):
+        assert not DrafterSpec.matches(other)
     assert DrafterSpec.parse(" kangaroo:6 ") == DrafterSpec("kangaroo", 6) and str(DrafterSpec("kangaroo", 6)) == "kangaroo:6"
     assert target_key("smollm2-135m-instruct") == "smollm2-135m-instruct"
     assert target_key("HuggingFaceTB/SmolLM2-360M-Instruct") == "smollm2-360m-instruct"
