@@ -267,10 +267,12 @@ class RetrievalConfig(ChainDrafting):
         "attached document, pruned where the drafter model finds them unlikely, then continued by the drafter. "
         "Needs a document."
     )
-    # tau and drafter_tokens suit the early-exit:6 drafter, whose probabilities do not track the target's (it
-    # agrees with it ~1% of the time): on the rag / summarization / code_edit prompts (64 tokens, greedy), tau 0.1
-    # with 4 drafter tokens gave a mean acceptance length of 1.02-1.05, tau 0.01 1.06-1.16, tau 0 without drafter
-    # tokens 1.35-2.00. Raise both for a drafter that agrees with the target.
+    # Defaults from `specviz bench` on the rag / summarization / code_edit prompts (64 tokens, greedy, the prompt's
+    # passage as the document). The early-exit:6 drafter's probabilities do not track the target's: tau 0.1 with 4
+    # drafter tokens gave a mean acceptance length of 1.02-1.05 per prompt, tau 0.01 1.06-1.16, tau 0 with no drafter
+    # tokens 1.35-2.00. With the distilled drafter, tau 0.05 also pruned mostly good tokens (2.00 -> 1.07 on rag-00);
+    # 2 drafter tokens raised it (2.00 -> 2.21 on rag-00) but cost more time than they saved (0.67x of ar over the
+    # 9 prompts, against 0.84x for these defaults, in the same run).
     drafter: str = param(
         "early-exit:6", "same-tokenizer model (hub id or folder) or early-exit:N: prunes retrieved tokens, drafts the rest"
     )

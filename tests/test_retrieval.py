@@ -25,6 +25,7 @@ from engine import (
     SamplingConfig,
     SpeculativeDecoder,
     build_decoder,
+    early_exit_drafter,
     encode_prompt,
     parse_strategy,
     run_to_completion,
@@ -215,8 +216,6 @@ def noisy_document(tokens: list[int], every: int, seed: int = 0) -> list[int]:
 )
 def test_greedy_equals_autoregressive_and_the_drafter_cache_follows(drafter_key, tau, drafter_tokens, every, policy,
                                                                      target, tiny_noisy_drafter, ar_tokens):
-    from engine import early_exit_drafter
-
     drafter = {"noisy": tiny_noisy_drafter, "target": target, "early_exit_1": early_exit_drafter(target, 1)}[drafter_key]
     document = [13, 4] + noisy_document(PROMPT[-3:] + ar_tokens[:30], every) + [0, 15]
     rasd = proposer(drafter.model, document, tau=tau, drafter_tokens=drafter_tokens)
@@ -247,7 +246,7 @@ def test_retrieval_only_leaves_the_drafter_idle_without_a_match(target, tiny_noi
     assert "no match in the document" in events[0].proposer_info["summary"]
 
 
-def test_proposer_info_names_candidates_pruning_and_sources(target):
+def test_proposer_info_names_candidates_their_fate_and_sources(target):
     prompt = [1, 2, 3, 4]
     greedy = run_to_completion(SpeculativeDecoder(target), prompt, 3).token_ids
     wrong = (greedy[0] + 1) % TINY_VOCAB
