@@ -381,6 +381,6 @@ def test_shipped_drafters_load_and_match_the_baseline(real_model):
         drafter = load_trained_drafter(real_model, spec, trim)
         result = _greedy_matches_baseline(real_model, drafter, prompt_ids, 40)
         accepted[drafter.name] = result.metrics.acceptance_rate
-    assert max(accepted.values()) > 0.3, accepted  # trained drafters agree with the target often
+    assert max(accepted.values()) > 0.2, accepted  # trained drafters agree often (raw early exit: a few percent)
     with pytest.raises(ModelLoadError, match="trained exit layers"):
         load_trained_drafter(real_model, "kangaroo:29")

@@ -7,7 +7,8 @@
 2. hold out the sequences of a few prompts; train on the rest, with the loss
    cross-entropy(teacher, drafter) = -sum_t p_teacher(t) log q_drafter(t), where p_teacher is
    the target's top-K distribution renormalised and q_drafter is the drafter's softmax over the
-   `train_vocab` most frequent target tokens (cheap, and the same set VocabTrim keeps);
+   `train_vocab` most frequent target tokens (cheap, and the same set VocabTrim keeps); a run
+   that is killed resumes from its last checkpoint in the output folder when rerun;
 3. save the drafter's own weights (float16), a JSON config, the frequency table, a log;
 4. load the saved drafter back through `engine.trained_drafters` and measure held-out top-1
    agreement with the target (the greedy acceptance rate, teacher-forced); write the model card.
@@ -20,6 +21,8 @@ layer e, all trained in one run over the same batches, on top of the target's fr
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import itertools
 import json
 import math
 import shlex
@@ -40,6 +43,7 @@ from engine.trained_drafters import (
     FORMAT_VERSION,
     KANGAROO,
     available,
+    load_own_state,
     load_trained_drafter,
     new_distilled,
     new_kangaroo,
@@ -77,10 +81,10 @@ class TrainConfig:
 class RunLog:
     """Lines to a log file (appended) and to stderr, without breaking tqdm's progress bars."""
 
-    def __init__(self, path: Path, stream: TextIO = sys.stderr):
+    def __init__(self, path: Path, stream: TextIO | None = None):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.file = open(path, "a", encoding="utf-8")
-        self.stream = stream
+        self.stream = stream or sys.stderr  # looked up now, so a replaced sys.stderr (tests) is honoured
 
     def __call__(self, message: str) -> None:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -211,6 +215,10 @@ class Student:
     def hidden(self, batch: Batch) -> list[torch.Tensor]:
         raise NotImplementedError
 
+    def describe(self) -> dict:
+        """What identifies the student's architecture and initialisation (for checkpoints)."""
+        raise NotImplementedError
+
 
 class DistilledStudent(Student):
     def __init__(self, target: LoadedModel, source_layers: tuple[int, ...]):
@@ -219,6 +227,9 @@ class DistilledStudent(Student):
         self.drafters = [new_distilled(target, source_layers)]
         self.shared_layers = [0]
         self.source_layers = source_layers
+
+    def describe(self) -> dict:
+        return {"kind": DISTILLED, "source_layers": list(self.source_layers)}
 
     def hidden(self, batch: Batch) -> list[torch.Tensor]:
         inner = self.drafters[0].model
@@ -237,6 +248,9 @@ class KangarooStudent(Student):
         self.names = [f"{KANGAROO}:{e}" for e in self.exit_layers]
         self.drafters = [new_kangaroo(target, e) for e in self.exit_layers]
         self.shared_layers = list(self.exit_layers)
+
+    def describe(self) -> dict:
+        return {"kind": KANGAROO, "exit_layers": list(self.exit_layers)}
 
     def hidden(self, batch: Batch) -> list[torch.Tensor]:
         inner = self.target.model.model
@@ -282,9 +296,17 @@ def learning_rate(step: int, config: TrainConfig) -> float:
     return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+CHECKPOINT_EVERY = 25  # steps between training checkpoints (a killed run resumes from the last one)
+
+
 def train(student: Student, target: LoadedModel, train_set: list[Sequence], data: TrainingData, config: TrainConfig,
-          generator: torch.Generator, log: RunLog) -> dict:
-    """Optimise the student; returns training statistics for the model card."""
+          generator: torch.Generator, log: RunLog, checkpoint: Path) -> dict:
+    """Optimise the student; returns training statistics for the model card.
+
+    Every CHECKPOINT_EVERY steps the student's own weights, the optimiser state and the loss
+    window go to `checkpoint`; a later call with the same settings resumes there (replaying the
+    seeded batch order, so it sees the batches an uninterrupted run would) and deletes it at the end.
+    """
     keep = data.frequency_order[: config.train_vocab].sort().values  # [N]
     head = target.model.get_output_embeddings().weight.detach()[keep]  # [N, H]
     slot = torch.full((data.frequency_order.numel(),), -1, dtype=torch.long)
@@ -293,11 +315,13 @@ def train(student: Student, target: LoadedModel, train_set: list[Sequence], data
     for p in params:
         p.requires_grad_(True)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    settings = {"train": dataclasses.asdict(config), "student": student.describe(),
+                "data": data.config.fingerprint(data.target_name)}
+    first, wall_before, recent = _resume(checkpoint, settings, student, optimizer, log)
     start = time.perf_counter()
-    recent: list[tuple[float, int, int]] = []  # (loss, agreements, positions) of the last steps, per drafter summed
-    bar = tqdm(batches(group_by_prompt(train_set), config.batch_prompts, config.steps, generator), total=config.steps,
-               desc=f"training {'+'.join(student.names)}", unit="step")
-    for step, batch in enumerate(bar):
+    stream = batches(group_by_prompt(train_set), config.batch_prompts, config.steps, generator)
+    bar = tqdm(total=config.steps, initial=first, desc=f"training {'+'.join(student.names)}", unit="step")
+    for step, batch in enumerate(itertools.islice(stream, first, None), start=first):
         # 1. forward every drafter on the batch, score the continuation positions
         losses, agree = [], 0
         for hidden in student.hidden(batch):
@@ -316,15 +340,40 @@ def train(student: Student, target: LoadedModel, train_set: list[Sequence], data
         recent = (recent + [(total.item() / len(losses), agree, batch.rows.numel() * len(losses))])[-20:]
         mean_loss = sum(r[0] for r in recent) / len(recent)
         mean_agree = sum(r[1] for r in recent) / max(1, sum(r[2] for r in recent))
+        bar.update()
         bar.set_postfix(loss=f"{mean_loss:.3f}", agree=f"{mean_agree:.3f}")
         if (step + 1) % max(1, config.steps // 10) == 0 or step + 1 == config.steps:
             log(f"step {step + 1}/{config.steps}: loss {mean_loss:.4f}, train top-1 agreement {mean_agree:.3f}")
+        # 4. a checkpoint now and then
+        if (step + 1) % CHECKPOINT_EVERY == 0 and step + 1 < config.steps:
+            wall = wall_before + time.perf_counter() - start
+            torch.save({"settings": settings, "step": step + 1, "wall_s": wall, "recent": recent,
+                        "student": [own_state(d, n) for d, n in zip(student.drafters, student.shared_layers)],
+                        "optimizer": optimizer.state_dict()}, checkpoint)
+    bar.close()
     for p in params:
         p.requires_grad_(False)
-    wall = time.perf_counter() - start
+    checkpoint.unlink(missing_ok=True)
+    mean_loss = sum(r[0] for r in recent) / len(recent)
     return {"steps": config.steps, "batch_prompts": config.batch_prompts, "lr": config.lr,
-            "warmup_steps": config.warmup_steps, "train_vocab": config.train_vocab, "wall_s": round(wall, 1),
-            "final_loss": round(mean_loss, 4)}
+            "warmup_steps": config.warmup_steps, "train_vocab": config.train_vocab,
+            "wall_s": round(wall_before + time.perf_counter() - start, 1), "final_loss": round(mean_loss, 4)}
+
+
+def _resume(checkpoint: Path, settings: dict, student: Student, optimizer: torch.optim.Optimizer,
+            log: RunLog) -> tuple[int, float, list]:
+    """(first step, wall time so far, loss window) from a matching checkpoint, loaded into student and optimiser."""
+    if not checkpoint.is_file():
+        return 0, 0.0, []
+    saved = torch.load(checkpoint, weights_only=True)
+    if saved["settings"] != settings:
+        log(f"Ignoring checkpoint {checkpoint}: it was made with other settings")
+        return 0, 0.0, []
+    for drafter, shared, state in zip(student.drafters, student.shared_layers, saved["student"]):
+        load_own_state(drafter, shared, state)
+    optimizer.load_state_dict(saved["optimizer"])
+    log(f"Resuming from {checkpoint} at step {saved['step']}")
+    return saved["step"], saved["wall_s"], [tuple(r) for r in saved["recent"]]
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -438,7 +487,10 @@ def write_model_card(out: Path) -> None:
             f"- `kangaroo:<e>` ({KANGAROO}.safetensors), e in {kinds[KANGAROO]}: the target's first e layers, then one",
             "  trained adapter decoder layer (initialised from target layer e) and norm.",
         ]
-    lines += ["", "## Training and held-out top-1 agreement with the target", "",
+    lines += ["", "Reproduce: `specviz train-drafter --out <folder> --seed <seed>` trains both kinds (each draws its",
+              "batches from its own seeded generator, so `--kind` runs give the same weights); the data is cached under",
+              "~/.cache/specviz/training and reused when its settings match.",
+              "", "## Training and held-out top-1 agreement with the target", "",
               "Agreement = how often the drafter's argmax equals the target's, teacher-forced on held-out continuations",
               "(\"greedy\": sequences the target decoded greedily, the greedy acceptance rate per token).", ""]
     for kind, c in configs.items():
@@ -537,7 +589,8 @@ def run(args: argparse.Namespace, command: str) -> Path:
             greedy_heldout = [s for s in heldout if s.temperature == 0]
             before = {name: heldout_agreement(d, greedy_heldout)["greedy"] for name, d in zip(student.names, student.drafters)}
             # each kind draws its batches from its own generator: the same whether trained alone or not
-            stats = train(student, target, train_set, data, train_config, torch.Generator().manual_seed(args.seed), log)
+            stats = train(student, target, train_set, data, train_config, torch.Generator().manual_seed(args.seed), log,
+                          out / f"{kind}.checkpoint.pt")
             meta = {"command": command, "torch_threads": torch.get_num_threads(), "data": data_meta, "training": stats}
             save_student(student, out, target, meta)
             # evaluate what was saved: reloaded from disk (float16 weights), with and without VocabTrim
@@ -552,7 +605,7 @@ def run(args: argparse.Namespace, command: str) -> Path:
             config_path = out / f"{kind}.json"
             config_path.write_text(json.dumps(json.loads(config_path.read_text()) | {"heldout": results}, indent=2) + "\n")
         write_model_card(out)
-        log(f"Wrote {', '.join(sorted(p.name for p in out.iterdir()))} to {out}")
+        log(f"Wrote {', '.join(sorted(p.name for p in out.iterdir() if not p.name.endswith('.checkpoint.pt')))} to {out}")
         return out
     finally:
         log.close()
