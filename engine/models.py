@@ -231,6 +231,20 @@ def load_model(spec: str, progress: ProgressFn | None = None) -> LoadedModel:
         ) from None
 
 
+def meta_causal_lm(target: LoadedModel, num_layers: int) -> torch.nn.Module:
+    """An empty (meta-device) causal LM of the target's class and config, with `num_layers` decoder layers.
+
+    Drafters built from the target (early exit, trained drafters) start here and then share or fill
+    its modules; nothing is allocated until they do.
+    """
+    config = copy.deepcopy(target.model.config)
+    config.num_hidden_layers = num_layers
+    if isinstance(getattr(config, "layer_types", None), list):
+        config.layer_types = config.layer_types[:num_layers]
+    with torch.device("meta"):
+        return type(target.model)(config)
+
+
 def early_exit_drafter(target: LoadedModel, num_layers: int) -> LoadedModel:
     """A drafter made of the target's first `num_layers` decoder layers, final norm and LM head.
 
@@ -244,12 +258,7 @@ def early_exit_drafter(target: LoadedModel, num_layers: int) -> LoadedModel:
     total = len(layers)
     if not 1 <= num_layers < total:
         raise ModelLoadError(f"early exit layer must be between 1 and {total - 1} for this target, got {num_layers}")
-    config = copy.deepcopy(target.model.config)
-    config.num_hidden_layers = num_layers
-    if isinstance(getattr(config, "layer_types", None), list):
-        config.layer_types = config.layer_types[:num_layers]
-    with torch.device("meta"):
-        drafter = type(target.model)(config)
+    drafter = meta_causal_lm(target, num_layers)
     # Share every module that holds weights or buffers with the target.
     for name, child in inner.named_children():
         setattr(drafter.model, name, torch.nn.ModuleList(list(child)[:num_layers]) if name == "layers" else child)

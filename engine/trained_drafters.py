@@ -22,7 +22,6 @@ Either head can be trimmed to the target's N most frequent tokens (`vocab_trim=N
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 from collections.abc import Sequence
@@ -33,7 +32,7 @@ import torch
 from torch import nn
 
 from .errors import ModelLoadError
-from .models import EMBEDDED_DEFAULT, LoadedModel
+from .models import EMBEDDED_DEFAULT, LoadedModel, meta_causal_lm
 from .vocab_trim import FREQUENCY_FILE, TrimmedHead, kept_ids, load_frequency_order
 
 FORMAT_VERSION = 1
@@ -98,12 +97,7 @@ def assemble(target: LoadedModel, num_layers: int, shared_layers: int) -> nn.Mod
     Fill them with `init_from_target` or `load_own_state`.
     """
     inner = target.model.model
-    config = copy.deepcopy(target.model.config)
-    config.num_hidden_layers = num_layers
-    if isinstance(getattr(config, "layer_types", None), list):
-        config.layer_types = config.layer_types[:num_layers]
-    with torch.device("meta"):
-        drafter = type(target.model)(config)
+    drafter = meta_causal_lm(target, num_layers)
     # 1. share the target's modules, except the new layers and the final norm
     for name, child in inner.named_children():
         if name == "layers":
