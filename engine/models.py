@@ -32,6 +32,7 @@ from typing import Callable
 import torch
 
 from .errors import ModelLoadError
+from .packed_linear import pack_linears
 
 EMBEDDED_DEFAULT = "smollm2-135m-instruct"
 _CACHE_MARKER = "specviz-cache.json"
@@ -123,8 +124,10 @@ def _gguf_path(entry: EmbeddedGGUF, scratch: Path) -> Path:
 
 
 def _finish_model(model: torch.nn.Module) -> torch.nn.Module:
+    """Inference mode for a loaded model: eval, frozen, linear layers on pre-packed CPU kernels."""
     model.eval()
     model.requires_grad_(False)
+    pack_linears(model)
     return model
 
 

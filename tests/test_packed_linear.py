@@ -1,0 +1,102 @@
+"""Packed (oneDNN) linear layers: same numbers as F.linear, same Parameters, safe fallbacks."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from engine import LoadedModel
+from engine.api import build_decoder, run_to_completion
+from engine.packed_linear import PackedLinear, pack_linears, packed_kernel_available
+from engine.sampling import SamplingConfig
+from engine.strategies import parse_strategy
+
+from conftest import FakeTokenizer, make_tiny_llama
+
+pytestmark = pytest.mark.skipif(not packed_kernel_available(), reason="this PyTorch build has no oneDNN linear kernel")
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("rows", [1, 2, 3, 5, 8, 33])
+def test_matches_f_linear(bias, rows):
+    generator = torch.Generator().manual_seed(rows)
+    linear = nn.Linear(48, 80, bias=bias)
+    packed = PackedLinear(linear)
+    x = torch.randn(1, rows, 48, generator=generator)
+    with torch.inference_mode():
+        torch.testing.assert_close(packed(x), F.linear(x, linear.weight, linear.bias), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(packed(x[0]), F.linear(x[0], linear.weight, linear.bias), rtol=1e-5, atol=1e-5)
+
+
+def test_follows_in_place_weight_changes():
+    linear = nn.Linear(16, 24, bias=False)
+    packed = PackedLinear(linear)
+    x = torch.randn(3, 16)
+    with torch.no_grad():
+        before = packed(x)
+        linear.weight.mul_(2.0)  # e.g. a training step on a shared module
+        after = packed(x)
+    torch.testing.assert_close(after, 2.0 * before, rtol=1e-5, atol=1e-5)
+
+
+def test_autograd_falls_back_to_f_linear():
+    linear = nn.Linear(8, 4)
+    packed = PackedLinear(linear)
+    x = torch.randn(5, 8, requires_grad=True)
+    packed(x).sum().backward()
+    expected_x_grad = linear.weight.sum(0).expand(5, 8)
+    torch.testing.assert_close(x.grad, expected_x_grad)
+    torch.testing.assert_close(linear.weight.grad, x.detach().sum(0).expand(4, 8))
+
+
+def test_other_dtypes_fall_back():
+    linear = nn.Linear(8, 4).to(torch.float64)
+    x = torch.randn(2, 8, dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.equal(PackedLinear(linear)(x), F.linear(x, linear.weight, linear.bias))
+
+
+def test_pack_linears_keeps_parameters_tying_and_state_dict():
+    model = make_tiny_llama(0)
+    model.config.tie_word_embeddings = True
+    model.lm_head.weight = model.model.embed_tokens.weight
+    keys = list(model.state_dict())
+    linears = sum(type(m) is nn.Linear for m in model.modules())
+    assert pack_linears(model) == linears > 0
+    assert not any(type(m) is nn.Linear for m in model.modules())
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert list(model.state_dict()) == keys
+    copy.deepcopy(model)  # drafters copy configs and modules; the packed cache must not get in the way
+
+
+def test_packed_model_logits_and_greedy_speculation_match_the_unpacked_model():
+    """The packed target scores like the unpacked one, and greedy speculation on it equals its own baseline."""
+    plain = make_tiny_llama(3, num_layers=4)
+    packed = copy.deepcopy(plain)
+    pack_linears(packed)
+    ids = torch.tensor([[1, 5, 2, 9, 4, 4, 7]])
+    with torch.inference_mode():
+        torch.testing.assert_close(packed(ids).logits, plain(ids).logits, rtol=1e-4, atol=1e-4)
+
+    target = LoadedModel("tiny-packed", packed, FakeTokenizer(packed.config.vocab_size))
+    models = _EarlyExitDrafters()
+    greedy = SamplingConfig()
+    baseline = run_to_completion(build_decoder(parse_strategy("ar"), target, models, greedy), [1, 5, 2], 24)
+    spec = run_to_completion(
+        build_decoder(parse_strategy("early_exit", {"exit_layer": 2, "k": 4}), target, models, greedy), [1, 5, 2], 24
+    )
+    assert spec.token_ids == baseline.token_ids
+    assert spec.metrics.drafted > 0
+
+
+class _EarlyExitDrafters:
+    """The ModelCache surface build_decoder uses, building early-exit drafters on the given target."""
+
+    def drafter(self, target, spec, progress=None, vocab_trim=0):
+        from engine.models import early_exit_drafter
+
+        return early_exit_drafter(target, int(spec.split(":")[1]))
