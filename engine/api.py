@@ -93,11 +93,11 @@ def build_decoder(
     if isinstance(strategy, RetrievalConfig):
         if document is None or not document.strip():
             raise ConfigError("document", "rasd drafts from a document: attach one (paste its text or upload a text file)")
-        drafter = models.drafter(target, strategy.drafter, progress=progress)
+        drafter = models.drafter(target, strategy.drafter, progress=progress, vocab_trim=strategy.vocab_trim)
         document_ids = list(target.tokenizer(document, add_special_tokens=False, verbose=False)["input_ids"])
         proposer = RetrievalProposer(
             drafter.model, document_ids, target.tokenizer.decode, strategy.tau, strategy.max_candidates,
-            strategy.min_match, strategy.max_match, strategy.drafter_tokens, drafter_name=strategy.drafter,
+            strategy.min_match, strategy.max_match, strategy.drafter_tokens, drafter_name=strategy.drafter, stop_below=strategy.stop_below,
         )
         return SpeculativeDecoder(target, proposer, policy, sampling)
     if isinstance(strategy, CrossVocabConfig):

@@ -268,23 +268,29 @@ class RetrievalConfig(ChainDrafting):
         "Needs a document."
     )
     # Defaults from `specviz bench` on the rag / summarization / code_edit prompts (64 tokens, greedy, the prompt's
-    # passage as the document). The early-exit:6 drafter's probabilities do not track the target's: tau 0.1 with 4
-    # drafter tokens gave a mean acceptance length of 1.02-1.05 per prompt, tau 0.01 1.06-1.16, tau 0 with no drafter
-    # tokens 1.35-2.00. With the distilled drafter, tau 0.05 also pruned mostly good tokens (2.00 -> 1.07 on rag-00);
-    # 2 drafter tokens raised it (2.00 -> 2.21 on rag-00) but cost more time than they saved (0.67x of ar over the
-    # 9 prompts, against 0.84x for these defaults, in the same run).
+    # passage as the document, 2 threads, linear layers packed). With the distilled drafter and VocabTrim 8192 the
+    # drafter costs 0.06-0.07 of a target step (early-exit:6: 0.09-0.14) at the same acceptance: 1.65-1.83x of ar
+    # on code_edit and rag, 0.99-1.24x on summarization. Drafter continuations (drafter_tokens 2-4, with or without
+    # stop_below 0.5-0.7) raised the mean acceptance length (1.74 -> 1.86-2.32) but not the speed (1.25-1.39x over
+    # the 6 prompts against 1.41-1.44x), and tau 0.01-0.05 pruned good retrieved tokens (summarization 1.24x ->
+    # 0.91-0.96x).
     drafter: str = param(
-        "early-exit:6", "same-tokenizer model (hub id or folder) or early-exit:N: prunes retrieved tokens, drafts the rest"
+        "distilled", "distilled, kangaroo:N, early-exit:N or a same-tokenizer model: prunes retrieved tokens, drafts the rest"
     )
     tau: float = param(0.0, "a retrieved token is drafted only if the drafter gives it at least this probability")
     max_candidates: int = param(8, "most retrieved continuations considered per step")
     min_match: int = param(2, "context suffix length (tokens) that must occur in the document to retrieve")
     max_match: int = param(16, "longest suffix match measured when ranking candidates (longest first)")
     drafter_tokens: int = param(0, "most tokens the drafter adds after the retrieved ones (0: it only prunes and chooses)")
+    vocab_trim: int = param(8192, "VocabTrim for the drafter, as in draft_model (0 = all tokens)")
+    stop_below: float = param(
+        0.0, "the drafter adds tokens only while its top probability is at least this (Kangaroo's double early exit)"
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        DraftModelConfig(drafter=self.drafter)  # the drafter specs draft_model accepts, with its messages
+        _check_fraction(self, "stop_below")
+        DraftModelConfig(drafter=self.drafter, vocab_trim=self.vocab_trim)  # the checks draft_model makes, with its messages
         _check_fraction(self, "tau")
         _check_int(self, "max_candidates", 1, 64)
         _check_int(self, "min_match", 1, 16)

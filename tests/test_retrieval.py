@@ -190,9 +190,11 @@ class CheckedRetrievalProposer(RetrievalProposer):
         return proposal
 
 
-def proposer(model, document: list[int], *, tau=0.05, drafter_tokens=2, min_match=2, max_candidates=4, checked=True):
+def proposer(model, document: list[int], *, tau=0.05, drafter_tokens=2, min_match=2, max_candidates=4, checked=True,
+             stop_below=0.0):
     cls = CheckedRetrievalProposer if checked else RetrievalProposer
-    return cls(model, document, TextTokenizer(TINY_VOCAB).decode, tau, max_candidates, min_match, 8, drafter_tokens, "tiny-drafter")
+    return cls(model, document, TextTokenizer(TINY_VOCAB).decode, tau, max_candidates, min_match, 8, drafter_tokens,
+               "tiny-drafter", stop_below=stop_below)
 
 
 def noisy_document(tokens: list[int], every: int, seed: int = 0) -> list[int]:
@@ -205,20 +207,21 @@ def noisy_document(tokens: list[int], every: int, seed: int = 0) -> list[int]:
 
 
 @pytest.mark.parametrize(
-    "drafter_key, tau, drafter_tokens, every, policy",
+    "drafter_key, tau, drafter_tokens, every, policy, stop_below",
     [
-        ("noisy", 0.05, 2, 5, lambda: ConstantLength(4)),
-        ("noisy", 0.3, 2, 7, lambda: ConstantLength(5)),  # strict pruning: the drafter does more of the work
-        ("noisy", 0.0, 0, 4, lambda: HeuristicLength(2, 8)),  # retrieval only, no pruning
-        ("target", 0.05, 3, 6, lambda: ConstantLength(4)),  # the target as its own drafter
-        ("early_exit_1", 0.0, 1, 5, lambda: HeuristicLength(3, 6)),
+        ("noisy", 0.05, 2, 5, lambda: ConstantLength(4), 0.0),
+        ("noisy", 0.3, 2, 7, lambda: ConstantLength(5), 0.0),  # strict pruning: the drafter does more of the work
+        ("noisy", 0.0, 0, 4, lambda: HeuristicLength(2, 8), 0.0),  # retrieval only, no pruning
+        ("target", 0.05, 3, 6, lambda: ConstantLength(4), 0.0),  # the target as its own drafter
+        ("early_exit_1", 0.0, 1, 5, lambda: HeuristicLength(3, 6), 0.0),
+        ("noisy", 0.0, 4, 5, lambda: ConstantLength(6), 0.3),  # the drafter stops where it is unsure
     ],
 )
 def test_greedy_equals_autoregressive_and_the_drafter_cache_follows(drafter_key, tau, drafter_tokens, every, policy,
-                                                                     target, tiny_noisy_drafter, ar_tokens):
+                                                                     stop_below, target, tiny_noisy_drafter, ar_tokens):
     drafter = {"noisy": tiny_noisy_drafter, "target": target, "early_exit_1": early_exit_drafter(target, 1)}[drafter_key]
     document = [13, 4] + noisy_document(PROMPT[-3:] + ar_tokens[:30], every) + [0, 15]
-    rasd = proposer(drafter.model, document, tau=tau, drafter_tokens=drafter_tokens)
+    rasd = proposer(drafter.model, document, tau=tau, drafter_tokens=drafter_tokens, stop_below=stop_below)
     result = run_to_completion(SpeculativeDecoder(target, rasd, policy(), SamplingConfig()), PROMPT, 40)
     assert result.token_ids == ar_tokens
     assert rasd.proposals > 0
@@ -235,6 +238,8 @@ def test_greedy_equals_autoregressive_and_the_drafter_cache_follows(drafter_key,
         assert drafted["drafter"] > 0
     else:
         assert drafted["drafter"] == 0
+    stops = [e.proposer_info["summary"] for e in result.events if "the drafter stopped" in e.proposer_info.get("summary", "")]
+    assert bool(stops) == (stop_below > 0), stops
 
 
 def test_retrieval_only_leaves_the_drafter_idle_without_a_match(target, tiny_noisy_drafter):
@@ -281,10 +286,12 @@ def test_build_decoder_needs_a_document_for_rasd_only(target, models):
 
 
 @pytest.mark.parametrize("params", [{"drafter": "tiny-noisy"}, {"drafter": "early-exit:2", "tau": "0", "k": "6"},
-                                    {"drafter": "tiny-noisy", "drafter_tokens": "0", "length_policy": "heuristic"}])
+                                    {"drafter": "tiny-noisy", "drafter_tokens": "0", "length_policy": "heuristic"},
+                                    {"drafter": "tiny-noisy", "drafter_tokens": "3", "stop_below": "0.5"}])
 def test_build_decoder_wires_rasd_losslessly(params, target, models, ar_tokens):
     document = text_of(noisy_document(ar_tokens[:25], 6))
-    decoder = build_decoder(parse_strategy("rasd", params), target, models, SamplingConfig(), document=document)
+    # the tiny models have no token-frequency table: VocabTrim off
+    decoder = build_decoder(parse_strategy("rasd", {**params, "vocab_trim": "0"}), target, models, SamplingConfig(), document=document)
     result = run_to_completion(decoder, PROMPT, 40)
     assert result.token_ids == ar_tokens
     assert sum(e.proposer_info.get("from_document", 0) for e in result.events) > 0
@@ -294,7 +301,8 @@ def test_build_decoder_wires_rasd_losslessly(params, target, models, ar_tokens):
     "params, field",
     [({"tau": "1.5"}, "tau"), ({"tau": "-0.1"}, "tau"), ({"tau": "high"}, "tau"), ({"min_match": "0"}, "min_match"),
      ({"min_match": "5", "max_match": "3"}, "min_match"), ({"max_candidates": "0"}, "max_candidates"),
-     ({"drafter_tokens": "-1"}, "drafter_tokens"), ({"drafter": "early-exit:x"}, "drafter"), ({"drafter": " "}, "drafter")],
+     ({"drafter_tokens": "-1"}, "drafter_tokens"), ({"stop_below": "1.2"}, "stop_below"),
+     ({"vocab_trim": "-3"}, "vocab_trim"), ({"drafter": "early-exit:x"}, "drafter"), ({"drafter": " "}, "drafter")],
 )
 def test_rasd_config_is_validated(params, field):
     with pytest.raises(ConfigError) as info:
@@ -315,6 +323,7 @@ ALPHA = 1e-3  # a correct engine fails a given (fixed-seed) case with probabilit
         ("retrieved,drafter", dict(temperature=1.0)),
         ("retrieved,drafter", dict(temperature=0.7, top_k=8, top_p=0.9)),
         ("pruned", dict(temperature=1.0)),
+        ("retrieved,stopped", dict(temperature=1.0)),  # the drafter is never sure enough (stop_below = 1)
     ],
 )
 def test_sampling_first_two_tokens_follow_the_target(path, settings, target, tiny_noisy_drafter):
@@ -331,10 +340,12 @@ def test_sampling_first_two_tokens_follow_the_target(path, settings, target, tin
         "retrieved,retrieved": [a, b, c, a, a, b, c, other],
         "retrieved,drafter": [other, a, b, c],  # the continuation [c] ends the document
         "pruned": [a, b, c, a],
+        "retrieved,stopped": [other, a, b, c],
     }[path]
     tau = 1.0 if path == "pruned" else 0.01
     expected = exact_first_two(target.model, prompt, reference)
-    rasd = proposer(tiny_noisy_drafter.model, document, tau=tau, drafter_tokens=2, checked=False)
+    stop_below = 1.0 if path == "retrieved,stopped" else 0.0
+    rasd = proposer(tiny_noisy_drafter.model, document, tau=tau, drafter_tokens=2, checked=False, stop_below=stop_below)
     counts: dict[tuple[int, int], int] = {}
     verdicts = {"accepted": 0, "rejected": 0}
     first_sources = set()
@@ -343,7 +354,7 @@ def test_sampling_first_two_tokens_follow_the_target(path, settings, target, tin
         tokens: list[int] = []
         for event in decoder.generate(prompt, 3):
             if event.index == 0:
-                assert event.num_drafted == 2
+                assert event.num_drafted == (1 if stop_below else 2)
                 first_sources.add((event.proposer_info["from_document"], tuple(t.token_id for t in event.draft[:1])))
                 for drafted in event.draft:
                     if drafted.verdict in verdicts:
@@ -353,7 +364,7 @@ def test_sampling_first_two_tokens_follow_the_target(path, settings, target, tin
                 break
         counts[(tokens[0], tokens[1])] = counts.get((tokens[0], tokens[1]), 0) + 1
 
-    from_document = {"retrieved,retrieved": 2, "retrieved,drafter": 1, "pruned": 0}[path]
+    from_document = {"retrieved,retrieved": 2, "retrieved,drafter": 1, "pruned": 0, "retrieved,stopped": 1}[path]
     assert {n for n, _ in first_sources} == {from_document}, first_sources
     assert verdicts["accepted"] > 0.05 * N_RUNS and verdicts["rejected"] > 0.05 * N_RUNS, verdicts
     assert set(counts) <= set(expected)
@@ -398,7 +409,7 @@ def test_runner_logs_the_document_and_the_retrieval_steps(tmp_path, models, ar_t
     store = RunStore(tmp_path / "runs.db")
     runner = Runner(models, store)
     document = text_of(ar_tokens[:20]) + " " + NASTY_DOCUMENT
-    request = RunRequest(prompt=text_of(PROMPT), strategy=parse_strategy("rasd", {"drafter": "tiny-noisy"}),
+    request = RunRequest(prompt=text_of(PROMPT), strategy=parse_strategy("rasd", {"drafter": "tiny-noisy", "vocab_trim": "0"}),
                          max_new_tokens=12, target="tiny-target", raw=True, document=document)
     updates = list(runner.stream(runner.prepare(request)))
     run = store.get_run(updates[-1].run_id)
@@ -409,7 +420,7 @@ def test_runner_logs_the_document_and_the_retrieval_steps(tmp_path, models, ar_t
 
 
 def test_runner_refuses_a_document_over_the_limit(models):
-    request = RunRequest(prompt="t1", strategy=parse_strategy("rasd", {"drafter": "tiny-noisy"}), target="tiny-target",
+    request = RunRequest(prompt="t1", strategy=parse_strategy("rasd", {"drafter": "tiny-noisy", "vocab_trim": "0"}), target="tiny-target",
                          raw=True, document="x" * (MAX_DOCUMENT_BYTES + 1))
     with pytest.raises(ConfigError, match="the limit is 1 MB"):
         Runner(models).prepare(request)
@@ -458,7 +469,7 @@ def test_explorer_passes_the_document_to_the_run(tmp_path, models, ar_tokens):
     try:
         client = gradio_client.Client(launch_local(demo), verbose=False)
         document = text_of(ar_tokens[:20]) + " " + NASTY_DOCUMENT
-        result = client.predict(prompt=text_of(PROMPT), strategy="rasd", drafter="tiny-noisy", max_new_tokens=10,
+        result = client.predict(prompt=text_of(PROMPT), strategy="rasd", drafter="tiny-noisy", vocab_trim=0, max_new_tokens=10,
                                 target="tiny-target", raw=True, document=document, api_name="/run")
         status = html.unescape(next(x for x in result if isinstance(x, str) and 'class="status' in x))
         assert "Finished run #" in status, status
@@ -470,7 +481,7 @@ def test_explorer_passes_the_document_to_the_run(tmp_path, models, ar_tokens):
         assert "Retrieved candidates" in inspector and "Draft positions" in inspector
         opened = client.predict(run_id=run["id"], api_name="/open_run")
         assert {"visible": True, "value": document, "__type__": "update"} in opened  # History's document box
-        missing = client.predict(prompt=text_of(PROMPT), strategy="rasd", drafter="tiny-noisy", max_new_tokens=4,
+        missing = client.predict(prompt=text_of(PROMPT), strategy="rasd", drafter="tiny-noisy", vocab_trim=0, max_new_tokens=4,
                                  target="tiny-target", raw=True, api_name="/run")
         assert "document: rasd drafts from a document" in html.unescape(
             next(x for x in missing if isinstance(x, str) and 'class="status' in x))

@@ -202,6 +202,7 @@ class RetrievalProposer:
         max_match: int,
         drafter_tokens: int,
         drafter_name: str,
+        stop_below: float = 0.0,
     ):
         self.model = model
         self.index = DocumentIndex(document_ids, min_match)
@@ -211,6 +212,7 @@ class RetrievalProposer:
         self.max_match = max_match
         self.drafter_tokens = drafter_tokens
         self.drafter_name = drafter_name
+        self.stop_below = stop_below
         self.lm: CachedCausalLM | None = None
         self._context_length = 0
 
@@ -270,15 +272,19 @@ class RetrievalProposer:
         length = min(k, retrieved + self.drafter_tokens)
         if retrieved < length:
             crop(retrieved)
+        unsure = None  # the drafter's top probability where it stopped short of `length`, if it did
         while len(draft) < length:
             dist = dists[len(draft)]
+            if float(dist.max()) < self.stop_below:  # double early exit: depends only on the prefix, so lossless
+                unsure = float(dist.max())
+                break
             token = int(dist.argmax()) if sampling.greedy else sample(dist, generator)
             draft.append(token)
             sources.append(None)
             if len(draft) < length:  # the last token's distribution would be wasted
                 dists.extend(self._probs(lm.forward([token]), sampling))
                 fed.append(token)
-        info = self._info(candidates, followed, fates, draft, sources, [float(dists[j][t]) for j, t in enumerate(draft)])
+        info = self._info(candidates, followed, fates, draft, sources, [float(dists[j][t]) for j, t in enumerate(draft)], unsure)
         if not draft:
             return Proposal([], None, info)
 
@@ -304,6 +310,7 @@ class RetrievalProposer:
         draft: list[int],
         sources: list[int | None],
         drafter_probs: list[float],
+        unsure: float | None = None,
     ) -> dict[str, Any]:
         from_document = sum(1 for s in sources if s is not None)
         from_drafter = len(draft) - from_document
@@ -314,8 +321,10 @@ class RetrievalProposer:
         else:
             found = f"no match in the document for the context's last {self.index.min_match} tokens"
         doc = self.index.token_ids
+        stopped = (f"; the drafter stopped: top probability {unsure:.2f} < {self.stop_below:.2f}"
+                   if unsure is not None else "")
         return {
-            "summary": f"{found}; {from_document} drafted from the document, {from_drafter} by {self.drafter_name}",
+            "summary": f"{found}; {from_document} drafted from the document, {from_drafter} by {self.drafter_name}{stopped}",
             "retrieved": len(candidates),
             "from_document": from_document,
             "from_drafter": from_drafter,
