@@ -12,7 +12,14 @@ from .errors import ConfigError, PromptError
 from .events import StepEvent
 from .metrics import RunMetrics
 from .models import LoadedModel, ModelCache
-from .policies import ConstantLength, HeuristicLength
+from .policies import (
+    AcceptanceFeedbackLength,
+    AcceptancePredictorStop,
+    ConfidenceStop,
+    ConstantLength,
+    DraftLengthPolicy,
+    HeuristicLength,
+)
 from .proposers import AdaptiveNgramProposer, DraftModelProposer, PromptLookupProposer
 from .proposers.dynamic_exit import DynamicExitProposer
 from .trained_drafters import kangaroo_agreement
@@ -32,7 +39,7 @@ from .strategies import (
     RetrievalConfig,
     StrategyConfig,
 )
-from .strategies import KANGAROO_PREFIX
+from .strategies import IN_DRAFT_POLICIES, KANGAROO_PREFIX
 
 MAX_NEW_TOKENS_LIMIT = 4096
 
@@ -56,6 +63,18 @@ def encode_prompt(tokenizer, prompt: str, raw: bool = False) -> list[int]:
     return list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
 
 
+def length_policy(strategy: ChainDrafting) -> DraftLengthPolicy:
+    """The draft-length policy a chain strategy names (constant, heuristic, feedback, confidence, specdec)."""
+    k, max_k = strategy.k, strategy.max_k
+    return {
+        "constant": lambda: ConstantLength(k),
+        "heuristic": lambda: HeuristicLength(k, max_k),
+        "feedback": lambda: AcceptanceFeedbackLength(k, max_k),
+        "confidence": lambda: ConfidenceStop(max_k),
+        "specdec": lambda: AcceptancePredictorStop(max_k),
+    }[strategy.length_policy]()
+
+
 def build_decoder(
     strategy: StrategyConfig,
     target: LoadedModel,
@@ -74,15 +93,18 @@ def build_decoder(
     if isinstance(strategy, DynamicExitConfig):
         return _dynamic_exit_decoder(strategy, target, models, sampling)
     assert isinstance(strategy, ChainDrafting)
-    policy = (
-        HeuristicLength(strategy.k, strategy.max_k) if strategy.length_policy == "heuristic" else ConstantLength(strategy.k)
-    )
-    if isinstance(strategy, (DraftModelConfig, EarlyExitConfig)):
+    policy = length_policy(strategy)
+    stop_rule = policy if strategy.length_policy in IN_DRAFT_POLICIES else None
+    if isinstance(strategy, (DraftModelConfig, EarlyExitConfig, KangarooConfig)):
         drafter = models.drafter(target, strategy.drafter, progress=progress, vocab_trim=strategy.vocab_trim)
-        return SpeculativeDecoder(target, DraftModelProposer(drafter.model), policy, sampling)
-    if isinstance(strategy, KangarooConfig):
-        drafter = models.drafter(target, strategy.drafter, progress=progress, vocab_trim=strategy.vocab_trim)
-        return SpeculativeDecoder(target, DraftModelProposer(drafter.model, strategy.stop_below), policy, sampling)
+        stop_below = strategy.stop_below if isinstance(strategy, KangarooConfig) else 0.0
+        return SpeculativeDecoder(target, DraftModelProposer(drafter.model, stop_below, stop_rule), policy, sampling)
+    if stop_rule is not None:
+        raise ConfigError(
+            "length_policy",
+            f"{strategy.length_policy} stops drafting on the drafter's probabilities, which only model drafters "
+            f"(draft_model, early_exit, kangaroo) have; {strategy.name} cannot use it",
+        )
     if isinstance(strategy, PromptLookupConfig):
         return SpeculativeDecoder(target, PromptLookupProposer(strategy.max_ngram, strategy.min_ngram), policy, sampling)
     if isinstance(strategy, AdaptiveNgramConfig):

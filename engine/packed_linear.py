@@ -67,6 +67,12 @@ class PackedLinear(nn.Module):
         bias = None if self.bias is None else self.bias.detach()
         return torch.ops.mkldnn._linear_pointwise(x, self._packed_weight(), bias, "none", [], "")
 
+    def __getstate__(self) -> dict:
+        """Copies and pickles leave the packed cache behind (it is rebuilt on first use)."""
+        state = self.__dict__.copy()
+        state["_packed"], state["_packed_for"] = None, None
+        return state
+
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 

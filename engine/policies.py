@@ -7,15 +7,29 @@ go into the step event, the SQLite log and the explorer.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Protocol
+
+import torch
 
 
 class DraftLengthPolicy(Protocol):
     def decide(self) -> tuple[int, str, dict[str, Any]]:
-        """Return (requested length, reason, inputs)."""
+        """Return (requested length, reason, inputs).
+
+        Conventional inputs: "signal" (a number) and "signal_name", the policy's internal signal
+        that the explorer plots beside the chosen lengths.
+        """
 
     def update(self, drafted: int, accepted: int) -> None:
         """Learn from the verdict of the last step."""
+
+
+class DraftStopRule(Protocol):
+    """An in-draft stopping rule (confidence stop, SpecDec++): model drafters ask it before each token."""
+
+    def should_stop(self, position: int, dist: torch.Tensor) -> str | None:
+        """Before drafting `position`, given the drafter's distribution there [vocab]: a reason to stop, or None."""
 
 
 class ConstantLength:
@@ -54,3 +68,201 @@ class HeuristicLength:
             self.k = max(1, self.k - 1)
             floor = " (floor)" if before == 1 else ""
             self._reason = f"{accepted} of {drafted} accepted: -1, K {before} -> {self.k}{floor}"
+
+
+class AcceptanceFeedbackLength:
+    """DiffuSpec-style adaptive draft length (ADL): K follows a moving average of recent accepted lengths.
+
+    After each step, ema <- (1 - beta) * ema + beta * accepted; the next K is round(ema) + 1 (one
+    token beyond what is expected to be accepted, so a run of full accepts can grow K), within
+    [1, max_k]. Steps that drafted nothing (budget) teach nothing.
+
+    Example (beta = 0.5, ema starts at k - 1 = 3, so K = 4): 4 of 4 accepted -> ema 3.5, K 5
+    (round half to even: round(3.5) = 4); then 0 of 5 -> ema 1.75, K 3.
+    """
+
+    def __init__(self, k: int, max_k: int, beta: float = 0.5):
+        self.max_k = max_k
+        self.beta = beta
+        self.ema = float(k - 1)
+        self.k = k
+        self._reason = f"starting K = {k} (moving average of accepted length {self.ema:.2f})"
+        self._last: dict[str, Any] = {}
+
+    def decide(self) -> tuple[int, str, dict[str, Any]]:
+        inputs = {"k": self.k, "max_k": self.max_k, "beta": self.beta, "signal": round(self.ema, 4),
+                  "signal_name": "moving average of accepted length", **self._last}
+        return self.k, self._reason, inputs
+
+    def update(self, drafted: int, accepted: int) -> None:
+        if drafted == 0:
+            return
+        before = self.ema
+        self.ema = (1 - self.beta) * self.ema + self.beta * accepted
+        previous, self.k = self.k, max(1, min(self.max_k, round(self.ema) + 1))
+        self._last = {"previous_drafted": drafted, "previous_accepted": accepted}
+        self._reason = (f"{accepted} of {drafted} accepted: moving average {before:.2f} -> {self.ema:.2f}, "
+                        f"K = round({self.ema:.2f}) + 1 = {self.k}" + (" (was {})".format(previous) if previous != self.k else ""))
+
+
+class ConfidenceStop:
+    """Draft until the drafter's top probability falls below a threshold that adapts to the verdicts.
+
+    The proposer calls `should_stop(position, dist)` before drafting each token; drafting stops at
+    the first position whose top probability c is below the threshold (position 0 is always
+    drafted, so every step yields uncensored evidence). The decision depends only on the drafter's
+    distribution given the context and the drafted prefix, so verification stays lossless.
+
+    Every drafted token the target checked becomes a labelled example (c, accepted?). After each
+    step the threshold is re-chosen from the history as the candidate t (each observed c, and 0)
+    minimising
+
+        cost(t) = #{accepted tokens with c < t}                (false stops: lost accepted tokens)
+                + stop_weight * #{rejected tokens with c >= t}  (false accepts: wasted drafting)
+
+    stop_weight < 1 says a rejected draft token costs less than an accepted one gains (a cheap
+    drafter); ties go to the lower threshold. K from `decide` is only the cap (max_k).
+
+    Example (stop_weight 0.5): history accepted c = [0.9, 0.6], rejected c = [0.3, 0.5].
+    t = 0: cost 0 + 0.5 * 2 = 1.0; t = 0.3: 0 + 0.5 * 2 = 1.0; t = 0.5: 0 + 0.5 * 1 = 0.5;
+    t = 0.6: 0 + 0 = 0.0 -> threshold 0.6.
+    """
+
+    def __init__(self, max_k: int, threshold: float = 0.3, stop_weight: float = 0.5, window: int = 256):
+        self.max_k = max_k
+        self.threshold = threshold
+        self.stop_weight = stop_weight
+        self.window = window  # most recent labelled tokens kept
+        self._history: list[tuple[float, bool]] = []  # (top probability, accepted?)
+        self._drafted_conf: list[float] = []  # top probabilities of the tokens drafted this step
+        self._reason = f"draft while the top drafter probability >= {threshold:.2f} (starting threshold), up to {max_k}"
+
+    def decide(self) -> tuple[int, str, dict[str, Any]]:
+        accepted = sum(ok for _, ok in self._history)
+        inputs = {"max_k": self.max_k, "signal": round(self.threshold, 4), "signal_name": "confidence threshold",
+                  "stop_weight": self.stop_weight, "labelled_accepted": accepted,
+                  "labelled_rejected": len(self._history) - accepted}
+        return self.max_k, self._reason, inputs
+
+    def should_stop(self, position: int, dist: torch.Tensor) -> str | None:
+        """Called before drafting position `position` with the drafter's distribution there ([vocab])."""
+        confidence = float(dist.max())
+        if position > 0 and confidence < self.threshold:
+            return f"top drafter probability {confidence:.2f} < threshold {self.threshold:.2f}"
+        self._drafted_conf.append(confidence)
+        return None
+
+    def update(self, drafted: int, accepted: int) -> None:
+        conf, self._drafted_conf = self._drafted_conf[:drafted], []
+        if not conf:
+            return
+        # tokens 0..accepted-1 were accepted, token `accepted` (if drafted) rejected, later ones never checked
+        self._history.extend((c, i < accepted) for i, c in enumerate(conf[: accepted + 1]))
+        del self._history[: -self.window]
+        before, self.threshold = self.threshold, self._best_threshold()
+        self._reason = (f"{accepted} of {drafted} accepted; threshold {before:.2f} -> {self.threshold:.2f} "
+                        f"(least false stops + {self.stop_weight:g} x false accepts over {len(self._history)} checked tokens)")
+
+    def _best_threshold(self) -> float:
+        """The cost-minimising threshold: one sweep over the history sorted by confidence."""
+        rejected_total = sum(not ok for _, ok in self._history)
+        best, best_cost = 0.0, self.stop_weight * rejected_total  # t = 0: never stop
+        accepted_below = rejected_below = 0
+        ordered = sorted(self._history)
+        i = 0
+        while i < len(ordered):
+            value = ordered[i][0]
+            cost = accepted_below + self.stop_weight * (rejected_total - rejected_below)  # stop below `value`
+            if cost < best_cost - 1e-12:
+                best, best_cost = value, cost
+            while i < len(ordered) and ordered[i][0] == value:
+                accepted_below += ordered[i][1]
+                rejected_below += not ordered[i][1]
+                i += 1
+        return best
+
+
+class AcceptancePredictorStop:
+    """SpecDec++: stop drafting when the predicted chance that some drafted token is rejected exceeds a threshold.
+
+    A logistic acceptance predictor p(accept | features) over the drafter's features at each
+    position: top probability, normalised entropy (entropy / ln vocab) and position in the draft
+    (/ 8). The proposer calls `should_stop(position, dist)` before each token; with p_0..p_i the
+    predictions for the tokens so far and the next one, drafting stops when
+    1 - p_0 * ... * p_i > stop_threshold (position 0 is always drafted). The decision uses only
+    the drafter's distributions, so verification stays lossless.
+
+    Fitted online (this is the fallback where no trained predictor exists for a pair): every
+    checked token is a labelled example, and after each step the weights are refitted on the
+    recent window by a few Newton steps of L2-regularised logistic regression, starting from a
+    prior that predicts roughly the top probability. The drafter's hidden state is not a feature
+    yet.
+    """
+
+    FEATURES = ("bias", "top probability", "normalised entropy", "position / 8")
+
+    def __init__(self, max_k: int, stop_threshold: float = 0.5, window: int = 256, l2: float = 1.0):
+        self.max_k = max_k
+        self.stop_threshold = stop_threshold
+        self.window = window
+        self.l2 = l2
+        self.prior = torch.tensor([-2.0, 4.0, 0.0, 0.0], dtype=torch.float64)
+        self.weights = self.prior.clone()
+        self._examples: list[tuple[list[float], bool]] = []
+        self._drafted: list[list[float]] = []  # features of the tokens drafted this step
+        self._survive = 1.0  # product of predicted acceptances of this step's drafted tokens
+        self._last_risk: float | None = None
+        self._reason = f"draft while P(some drafted token rejected) <= {stop_threshold:.2f}, up to {max_k}"
+
+    def _features(self, position: int, dist: torch.Tensor) -> list[float]:
+        p = dist.double().clamp_min(1e-12)
+        entropy = float(-(p * p.log()).sum()) / math.log(max(2, p.shape[-1]))
+        return [1.0, float(dist.max()), entropy, position / 8.0]
+
+    def predict(self, features: list[float]) -> float:
+        return float(torch.sigmoid(torch.tensor(features, dtype=torch.float64) @ self.weights))
+
+    def decide(self) -> tuple[int, str, dict[str, Any]]:
+        inputs = {"max_k": self.max_k, "stop_threshold": self.stop_threshold,
+                  "signal": None if self._last_risk is None else round(self._last_risk, 4),
+                  "signal_name": "predicted P(a drafted token is rejected) where drafting stopped",
+                  "weights": dict(zip(self.FEATURES, (round(float(w), 4) for w in self.weights))),
+                  "examples": len(self._examples)}
+        return self.max_k, self._reason, inputs
+
+    def should_stop(self, position: int, dist: torch.Tensor) -> str | None:
+        if position == 0:
+            self._survive = 1.0
+        features = self._features(position, dist)
+        accept = self.predict(features)
+        risk = 1.0 - self._survive * accept
+        self._last_risk = risk
+        if position > 0 and risk > self.stop_threshold:
+            return (f"predicted P(some drafted token rejected) {risk:.2f} > {self.stop_threshold:.2f} "
+                    f"(next token's predicted acceptance {accept:.2f})")
+        self._survive *= accept
+        self._drafted.append(features)
+        return None
+
+    def update(self, drafted: int, accepted: int) -> None:
+        features, self._drafted = self._drafted[:drafted], []
+        if not features:
+            return
+        self._examples.extend((f, i < accepted) for i, f in enumerate(features[: accepted + 1]))
+        del self._examples[: -self.window]
+        self._fit()
+        self._reason = (f"{accepted} of {drafted} accepted; predictor refitted on {len(self._examples)} checked tokens "
+                        f"(stop when P(some drafted token rejected) > {self.stop_threshold:.2f})")
+
+    def _fit(self, steps: int = 4) -> None:
+        """A few Newton steps of logistic regression with an L2 pull towards the prior."""
+        x = torch.tensor([f for f, _ in self._examples], dtype=torch.float64)  # [n, 4]
+        y = torch.tensor([float(ok) for _, ok in self._examples], dtype=torch.float64)  # [n]
+        w = self.weights.clone()
+        eye = torch.eye(x.shape[1], dtype=torch.float64)
+        for _ in range(steps):
+            p = torch.sigmoid(x @ w)
+            grad = x.T @ (p - y) + self.l2 * (w - self.prior)
+            hessian = x.T @ (x * (p * (1 - p))[:, None]) + self.l2 * eye
+            w = w - torch.linalg.solve(hessian, grad)
+        self.weights = w

@@ -15,7 +15,9 @@ from typing import Any, ClassVar
 
 from .errors import ConfigError
 
-LENGTH_POLICIES = ("constant", "heuristic")
+LENGTH_POLICIES = ("constant", "heuristic", "feedback", "confidence", "specdec")
+# Policies that stop drafting from inside the draft: they need a model drafter that shows them its distributions.
+IN_DRAFT_POLICIES = ("confidence", "specdec")
 
 
 def param(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -74,7 +76,12 @@ class ChainDrafting(StrategyConfig):
 
     k: int = param(4, "draft length K (the starting K for the heuristic policy)")
     length_policy: str = param(
-        "constant", "constant K, or heuristic: +2 after a fully accepted draft, -1 otherwise", LENGTH_POLICIES
+        "constant",
+        "constant K; heuristic: +2 after a fully accepted draft, -1 otherwise; feedback: K follows a moving average "
+        "of accepted lengths (DiffuSpec ADL); confidence: stop where the drafter's top probability falls below a "
+        "threshold learned from the verdicts; specdec: stop where a learned acceptance predictor says some drafted "
+        "token is likely rejected (SpecDec++). confidence and specdec draft up to max_k and need a model drafter",
+        LENGTH_POLICIES,
     )
     max_k: int = param(12, "cap on K")
 

@@ -70,7 +70,11 @@ def test_pack_linears_keeps_parameters_tying_and_state_dict():
     assert not any(type(m) is nn.Linear for m in model.modules())
     assert model.lm_head.weight is model.model.embed_tokens.weight
     assert list(model.state_dict()) == keys
-    copy.deepcopy(model)  # drafters copy configs and modules; the packed cache must not get in the way
+    with torch.inference_mode():
+        logits = model(torch.tensor([[1, 2, 3]])).logits  # builds the packed caches (inference tensors)
+    twin = copy.deepcopy(model)  # test fixtures copy models; the packed cache must not get in the way
+    with torch.inference_mode():
+        torch.testing.assert_close(twin(torch.tensor([[1, 2, 3]])).logits, logits)
 
 
 def test_packed_model_logits_and_greedy_speculation_match_the_unpacked_model():

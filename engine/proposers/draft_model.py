@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..causal_lm import CachedCausalLM
+from ..policies import DraftStopRule
 from ..sampling import SamplingConfig, check_finite, logits_to_probs, sample
 from .base import Proposal
 
@@ -19,12 +20,14 @@ class DraftModelProposer:
 
     Double early exit (Kangaroo): with `stop_below > 0` drafting also stops at the first position
     whose top drafter probability falls below that threshold; the unsure token is not proposed,
-    so a hard stretch costs one cheap drafter pass instead of a rejected chain.
+    so a hard stretch costs one cheap drafter pass instead of a rejected chain. An adaptive length
+    policy can stop drafting the same way through `stop_rule` (engine.policies.DraftStopRule).
     """
 
-    def __init__(self, model: torch.nn.Module, stop_below: float = 0.0):
+    def __init__(self, model: torch.nn.Module, stop_below: float = 0.0, stop_rule: DraftStopRule | None = None):
         self.model = model
         self.stop_below = stop_below
+        self.stop_rule = stop_rule  # an adaptive length policy's in-draft stop (confidence, SpecDec++)
         self.lm: CachedCausalLM | None = None
         self._context_length = 0
 
@@ -53,10 +56,15 @@ class DraftModelProposer:
                     "confidence": confidence,
                 }
                 break
+            # 4. the length policy's own stopping rule, if it has one (it also sees only the drafter's distribution)
+            reason = self.stop_rule.should_stop(i, dist) if self.stop_rule is not None else None
+            if reason is not None:
+                info = {"summary": f"stopped drafting at position {i}: {reason}", "stopped_at": i}
+                break
             token = int(dist.argmax()) if sampling.greedy else sample(dist, generator)
             tokens.append(token)
             probs.append(dist)
-            # 4. feed the drafted token, except after the last one (its logits would be wasted)
+            # 5. feed the drafted token, except after the last one (its logits would be wasted)
             if i + 1 < k:
                 logits = self.lm.forward([token])[-1]
         if self.stop_below > 0 and not info:
