@@ -11,6 +11,7 @@ from .decoding import SpeculativeDecoder
 from .errors import ConfigError, PromptError
 from .events import StepEvent
 from .metrics import RunMetrics
+from .pearl import PearlDecoder
 from .models import LoadedModel, ModelCache
 from .policies import (
     AcceptanceFeedbackLength,
@@ -35,6 +36,7 @@ from .strategies import (
     DynamicExitConfig,
     EarlyExitConfig,
     KangarooConfig,
+    PearlConfig,
     PromptLookupConfig,
     RetrievalConfig,
     StrategyConfig,
@@ -92,6 +94,9 @@ def build_decoder(
         return SpeculativeDecoder(target, None, None, sampling)
     if isinstance(strategy, DynamicExitConfig):
         return _dynamic_exit_decoder(strategy, target, models, sampling)
+    if isinstance(strategy, PearlConfig):
+        drafter = models.drafter(target, strategy.drafter, progress=progress, vocab_trim=strategy.vocab_trim)
+        return PearlDecoder(target, drafter.model, strategy.gamma, sampling)
     assert isinstance(strategy, ChainDrafting)
     policy = length_policy(strategy)
     stop_rule = policy if strategy.length_policy in IN_DRAFT_POLICIES else None

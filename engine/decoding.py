@@ -20,7 +20,16 @@ import torch
 from .causal_lm import CachedCausalLM
 from .detokenize import IncrementalDetokenizer
 from .errors import PromptError
-from .events import DraftedToken, LengthDecision, NewToken, OutputToken, PhaseTimings, StepEvent, TokenCandidate
+from .events import (
+    DraftedToken,
+    LengthDecision,
+    NewToken,
+    OutputToken,
+    PhaseTimings,
+    StepEvent,
+    TokenCandidate,
+    WorkerPhase,
+)
 from .models import LoadedModel
 from .policies import ConstantLength, DraftLengthPolicy
 from .proposers.base import Proposal, Proposer
@@ -111,20 +120,9 @@ class SpeculativeDecoder:
 
             # 4. commit accepted + recovered/bonus, cut at EOS and the token budget
             n = verdict.num_accepted
-            kinds = ["accepted"] * n + [verdict.next_kind if draft else "baseline"]
-            committed = draft[:n] + [verdict.next_token]
-            stop_reason = None
-            for i, token in enumerate(committed):
-                if token in eos_ids:
-                    committed, kinds, stop_reason = committed[: i + 1], kinds[: i + 1], "eos"
-                    break
             context_length = len(tokens)
-            tokens.extend(committed)
+            committed, kinds, stop_reason = commit(tokens, draft, verdict, eos_ids, max_new_tokens - produced, window)
             produced += len(committed)
-            if stop_reason is None and produced >= max_new_tokens:
-                stop_reason = "max_new_tokens"
-            elif stop_reason is None and len(tokens) >= window:
-                stop_reason = "context_window"
 
             # 5. roll back: target keeps context + accepted drafts; the proposer crops to match
             if stop_reason is None:
@@ -137,8 +135,8 @@ class SpeculativeDecoder:
                 index=step,
                 context_length=context_length,
                 decision=decision,
-                draft=_drafted_tokens(draft, draft_probs, target_probs, verdict, detok, sampling),
-                output=_output_token(verdict, target_probs[n], bool(draft), detok, sampling),
+                draft=drafted_tokens(draft, draft_probs, target_probs, verdict, detok, sampling),
+                output=output_token(verdict, target_probs[n], bool(draft), detok, sampling),
                 new_tokens=tuple(NewToken(t, detok.push(t), kind) for t, kind in zip(committed, kinds)),
                 target_forwards=1 + (prefill_forwards if step == 0 else 0),  # the prefill counts in step 0
                 timings=PhaseTimings(
@@ -147,6 +145,10 @@ class SpeculativeDecoder:
                     overhead_s=time.perf_counter() - verified_at,
                     start_s=step_start - run_start - paused,
                     end_s=time.perf_counter() - run_start - paused,
+                    phases=(
+                        WorkerPhase("drafter", "draft", step_start - run_start - paused, drafted_at - run_start - paused),
+                        WorkerPhase("target", "verify", drafted_at - run_start - paused, verified_at - run_start - paused),
+                    ) if draft else (),
                 ),
                 stop_reason=stop_reason,
                 proposer_info=proposal.info,
@@ -159,12 +161,35 @@ class SpeculativeDecoder:
             step += 1
 
 
+def commit(
+    tokens: list[int], draft: list[int], verdict: ChainVerdict, eos_ids: set[int], budget: int, window: int
+) -> tuple[list[int], list[str], str | None]:
+    """Append the accepted drafts and the verdict's token to `tokens`, cut at EOS and the budget.
+
+    Returns (committed ids, their kinds, stop reason or None). `budget`: tokens the run may still add.
+    """
+    n = verdict.num_accepted
+    kinds = ["accepted"] * n + [verdict.next_kind if draft else "baseline"]
+    committed = draft[:n] + [verdict.next_token]
+    stop_reason = None
+    for i, token in enumerate(committed):
+        if token in eos_ids:
+            committed, kinds, stop_reason = committed[: i + 1], kinds[: i + 1], "eos"
+            break
+    tokens.extend(committed)
+    if stop_reason is None and len(committed) >= budget:
+        stop_reason = "max_new_tokens"
+    elif stop_reason is None and len(tokens) >= window:
+        stop_reason = "context_window"
+    return committed, kinds, stop_reason
+
+
 def _top(dist: torch.Tensor, detok: IncrementalDetokenizer) -> tuple[TokenCandidate, ...]:
     probs, ids = torch.topk(dist, min(TOP_CANDIDATES, dist.shape[-1]))
     return tuple(TokenCandidate(int(i), detok.piece(int(i)), float(p)) for p, i in zip(probs, ids) if p > 0)
 
 
-def _drafted_tokens(
+def drafted_tokens(
     draft: list[int],
     draft_probs: torch.Tensor | None,  # [k, vocab]
     target_probs: torch.Tensor,  # [k + 1, vocab]
@@ -192,7 +217,7 @@ def _drafted_tokens(
     return tuple(out)
 
 
-def _output_token(
+def output_token(
     verdict: ChainVerdict,
     target_row: torch.Tensor,  # [vocab] the target's distribution at the output position
     drafted: bool,

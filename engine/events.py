@@ -66,12 +66,25 @@ class LengthDecision:
 
 
 @dataclass(frozen=True)
+class WorkerPhase:
+    """One stretch of work by one worker on the run's engine clock, for the phase timeline."""
+
+    worker: str  # "drafter" | "target"
+    kind: str  # "draft" | "verify"
+    start_s: float
+    end_s: float
+
+
+@dataclass(frozen=True)
 class PhaseTimings:
-    draft_s: float
+    draft_s: float  # drafting on this step's critical path
     verify_s: float
     overhead_s: float
     start_s: float  # engine time (run clock without consumer pauses) when this step began; includes the prefill
     end_s: float  # engine time when this step's event was ready
+    # Who worked when: plain speculation alternates (drafter, then target); PEARL overlaps them. Empty for the
+    # autoregressive baseline. A phase may start before `start_s` (PEARL drafts the next block during a step).
+    phases: tuple[WorkerPhase, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 from .events import StepEvent
@@ -66,3 +66,20 @@ class RunMetrics:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def worker_time(events: Sequence[StepEvent]) -> dict[str, dict[str, float]]:
+    """Per worker: busy seconds and waiting seconds.
+
+    The span is the engine time from the first phase's start to the last phase's end; a worker's
+    waiting time is the span minus its busy time.
+    """
+    phases = [p for e in events for p in e.timings.phases]
+    if not phases:
+        return {}
+    span = max(p.end_s for p in phases) - min(p.start_s for p in phases)
+    out = {}
+    for worker in ("drafter", "target"):
+        busy = sum(p.end_s - p.start_s for p in phases if p.worker == worker)
+        out[worker] = {"busy_s": busy, "waiting_s": max(0.0, span - busy)}
+    return out

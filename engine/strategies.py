@@ -308,6 +308,24 @@ class RetrievalConfig(ChainDrafting):
 
 
 @dataclass(frozen=True)
+class PearlConfig(StrategyConfig):
+    name: ClassVar[str] = "pearl"
+    lossless: ClassVar[bool] = True
+    description: ClassVar[str] = (
+        "PEARL: the drafter keeps drafting on a second worker while the target verifies (pre-verify: the target "
+        "checks the first draft token while the drafter drafts the rest; post-verify: the drafter drafts the next "
+        "block while the target checks this one)."
+    )
+    gamma: int = param(4, "draft window: tokens the drafter drafts while the target verifies")
+    drafter: str = param("distilled", "distilled, kangaroo:N, early-exit:N or a same-tokenizer model (hub id or folder)")
+    vocab_trim: int = param(8192, "VocabTrim for the drafter, as in draft_model (0 = all tokens)")
+
+    def __post_init__(self) -> None:
+        _check_int(self, "gamma", 1, 64)
+        DraftModelConfig(drafter=self.drafter, vocab_trim=self.vocab_trim)  # the checks draft_model makes
+
+
+@dataclass(frozen=True)
 class CrossVocabConfig(ChainDrafting):
     name: ClassVar[str] = "cross_vocab"
     lossless: ClassVar[bool] = True  # under greedy decoding, the only mode it runs in

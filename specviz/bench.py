@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ from engine import (
     run_to_completion,
 )
 from engine.errors import ConfigError
+from engine.metrics import worker_time
+from engine.oracle import oracle_report
 from engine.strategies import STRATEGIES
 
 from .prompts import by_category, load_prompt_suite
@@ -53,10 +56,20 @@ class Row:
     per_position: list[float] = field(default_factory=list)
     draft_s: float = 0.0  # time spent drafting
     baseline_steps: int = 0  # steps (= target forward passes after the prefill) of the ar run
+    oracle_gap: float = float("nan")  # 1 - tokens/s / the hindsight oracle's (engine.oracle), same cost model
+    target_wait_s: float = float("nan")  # the target's idle time between phases (engine.metrics.worker_time)
 
 
 def _ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
+
+
+def _percent(value: float) -> str:
+    return "n/a" if math.isnan(value) else format(value, ".0%")
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
 
 
 def summarise(rows: list[Row]) -> list[dict]:
@@ -82,18 +95,24 @@ def summarise(rows: list[Row]) -> list[dict]:
             "tokens_per_s": _ratio(sum(r.new_tokens for r in rs), wall),
             "cost_ratio": _ratio(_ratio(sum(r.draft_s for r in rs), drafted), baseline_step_s) if drafted else float("nan"),
             "identical": (all(identical) if identical else None),
+            "oracle_gap": _mean([r.oracle_gap for r in rs if not math.isnan(r.oracle_gap)]),
+            # the share of the run the target spent waiting for the drafter
+            "target_waiting": _ratio(sum(r.target_wait_s for r in rs if not math.isnan(r.target_wait_s)), wall)
+            if any(not math.isnan(r.target_wait_s) for r in rs) else float("nan"),
         })
     return out
 
 
 def markdown(summary: list[dict]) -> str:
-    lines = ["| strategy | category | prompts | speedup | mean acc. length | acc. rate | cost ratio | tok/s | identical |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| strategy | category | prompts | speedup | mean acc. length | acc. rate | cost ratio | oracle gap "
+             "| target waiting | tok/s | identical |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in sorted(summary, key=lambda s: (s["strategy"], s["category"] == "ALL", s["category"])):
         ident = "n/a" if s["identical"] is None else ("yes" if s["identical"] else "NO")
         lines.append(
             f"| {s['strategy']} | {s['category']} | {s['prompts']} | {s['speedup']:.2f}x | "
             f"{s['mean_acceptance_length']:.2f} | {s['acceptance_rate']:.2f} | {s['cost_ratio']:.2f} | "
+            f"{_percent(s['oracle_gap'])} | {_percent(s['target_waiting'])} | "
             f"{s['tokens_per_s']:.1f} | {ident} |"
         )
     return "\n".join(lines)
@@ -137,6 +156,11 @@ def _row_name(strategy) -> str:
     return strategy.name + "".join(f":{k}={v}" for k, v in changed.items())
 
 
+def _oracle_gap(events) -> float:
+    report = oracle_report(events)
+    return report.gap if report is not None and any(e.num_drafted for e in events) else float("nan")
+
+
 def run_suite(args: argparse.Namespace, models: ModelCache) -> list[Row]:
     target = models.get(args.target, progress=lambda m: print(m, file=sys.stderr))
     sampling = SamplingConfig(temperature=args.temperature, seed=args.seed)
@@ -161,6 +185,7 @@ def run_suite(args: argparse.Namespace, models: ModelCache) -> list[Row]:
                     _row_name(strategy), category, prompt.id, m.new_tokens, m.steps, m.drafted, m.accepted, m.wall_s,
                     baseline.metrics.wall_s, result.token_ids == baseline.token_ids if sampling.greedy else None,
                     m.per_position_acceptance, sum(e.timings.draft_s for e in result.events), baseline.metrics.steps,
+                    _oracle_gap(result.events), worker_time(result.events).get("target", {}).get("waiting_s", float("nan")),
                 ))
                 print(f"{prompt.id:<18} {_row_name(strategy):<24} {m.new_tokens:>4} tok {m.wall_s:6.2f} s "
                       f"speedup {_ratio(baseline.metrics.wall_s, m.wall_s):.2f}x "

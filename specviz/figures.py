@@ -1,4 +1,4 @@
-"""Plotly figures built from step events (no Gradio): the acceptance history.
+"""Plotly figures built from step events (no Gradio): the acceptance history and the draft-length timeline.
 
 Colours are Okabe-Ito (colour-blind safe) and match the token stream: accepted drafts in blue,
 the target's own token stacked on top in green (bonus), vermillion (recovered) or grey
@@ -8,7 +8,9 @@ live updates.
 
 from __future__ import annotations
 
+import html
 import math
+import textwrap
 from collections import Counter
 from collections.abc import Sequence
 
@@ -16,7 +18,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from engine.events import StepEvent
-from engine.metrics import RunMetrics
+from engine.metrics import RunMetrics, worker_time
+from engine.oracle import oracle_report
 
 BLUE = "#0072B2"
 VERMILLION = "#D55E00"
@@ -135,4 +138,138 @@ def acceptance_figure(
     elif not per_position:
         fig.add_annotation(text="nothing drafted (autoregressive)", xref="x2 domain", yref="y2 domain",
                            x=0.5, y=0.5, showarrow=False, font=dict(color=GREY))
+    return fig
+
+
+LENGTH_TRACE_NAMES = ("drafted", "accepted", "chosen length", "oracle length (hindsight)")
+
+
+def draft_length_figure(events: Sequence[StepEvent], empty_message: str = "Run a prompt to see the draft lengths") -> go.Figure:
+    """The draft-length timeline: per step the length the policy chose, what was drafted and accepted,
+    the hindsight oracle's length, and the policy's internal signal (threshold, predicted rejection
+    probability, moving average) on a second axis. Hover a step for the policy's reason."""
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.66, 0.34], horizontal_spacing=0.12,
+                        specs=[[{"secondary_y": True}, {}]],
+                        subplot_titles=("", "Expected tokens per step and speedup bound"))
+    steps = [e.index for e in events]
+    accepted = [sum(1 for t in e.draft if t.verdict == "accepted") for e in events]
+    reasons = [
+        "<br>".join(html.escape(part) for part in textwrap.wrap(f"step {e.index}: {e.decision.reason}", 70))
+        + f"<br>chose {e.decision.allowed}, drafted {e.num_drafted}, accepted {a}"
+        for e, a in zip(events, accepted)
+    ]
+    fig.add_trace(go.Bar(x=steps, y=[e.num_drafted for e in events], name=LENGTH_TRACE_NAMES[0], marker_color="#D9D9D9",
+                         marker_line=dict(color=GREY, width=1), hovertext=reasons, hoverinfo="text"), row=1, col=1, secondary_y=False)
+    fig.add_trace(go.Bar(x=steps, y=accepted, name=LENGTH_TRACE_NAMES[1], marker_color=BLUE, hovertext=reasons,
+                         hoverinfo="text"), row=1, col=1, secondary_y=False)
+    fig.add_trace(go.Scatter(x=steps, y=[e.decision.allowed for e in events], name=LENGTH_TRACE_NAMES[2],
+                             mode="lines", line=dict(color=BLACK, width=2, shape="hv"), hovertext=reasons,
+                             hoverinfo="text"), row=1, col=1, secondary_y=False)
+    report = oracle_report(events)
+    if report is not None and any(e.num_drafted for e in events):
+        fig.add_trace(go.Scatter(
+            x=steps, y=[s.oracle_k for s in report.steps], name=LENGTH_TRACE_NAMES[3], mode="markers",
+            marker=dict(symbol="diamond-open", size=8, color=ORANGE, line=dict(width=2)),
+            hovertemplate="step %{x}: oracle length %{y}%{text}<extra></extra>",
+            text=[" (at least: everything drafted was accepted)" if s.bounded else "" for s in report.steps],
+        ), row=1, col=1, secondary_y=False)
+    signals = [e.decision.inputs.get("signal") for e in events]
+    signal_name = next((e.decision.inputs.get("signal_name") for e in events if "signal_name" in e.decision.inputs), None)
+    if signal_name and any(isinstance(s, (int, float)) for s in signals):
+        fig.add_trace(go.Scatter(x=steps, y=signals, name=signal_name, mode="lines+markers",
+                                 line=dict(color=PURPLE, width=2, dash="dot"), marker=dict(size=4),
+                                 hovertemplate=f"step %{{x}}<br>{html.escape(signal_name)}: %{{y:.3f}}<extra></extra>"),
+                      row=1, col=1, secondary_y=True)
+        fig.update_yaxes(title_text=signal_name if len(signal_name) <= 32 else "policy signal", secondary_y=True,
+                         rangemode="tozero", showgrid=False, row=1, col=1)
+    _add_expectation(fig, events)
+    title = None
+    if report is not None and any(e.num_drafted for e in events):
+        title = (f"hindsight oracle: {report.oracle_tokens_per_s:.1f} tok/s vs this run's {report.actual_tokens_per_s:.1f} "
+                 f"(same cost model; {report.gap:.0%} below the oracle)")
+    fig.update_layout(
+        barmode="overlay", bargap=0.15, uirevision=UIREVISION + "-length", height=340,
+        margin=dict(l=50, r=50, t=60, b=45), template="plotly_white", font=dict(size=12), hovermode="closest",
+        legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0, font=dict(size=11)),
+        title=dict(text=title, x=0, y=0.99, yanchor="top", font=dict(size=12)) if title else None,
+    )
+    fig.update_xaxes(title_text="step", rangemode="tozero", dtick=max(1, math.ceil(len(steps) / 12)))
+    fig.update_yaxes(title_text="tokens", rangemode="tozero", row=1, col=1, secondary_y=False)
+    if not events:
+        fig.add_annotation(text=empty_message, xref="paper", yref="paper", x=0.5, y=0.5, showarrow=False,
+                           font=dict(size=14, color=GREY))
+    return fig
+
+
+def expected_tokens_per_step(a: float, k: int) -> float:
+    """E[tokens per step] = (1 - a^(K+1)) / (1 - a) for i.i.d. acceptance a and K drafted tokens (K + 1 at a = 1).
+
+    >>> expected_tokens_per_step(0.5, 2)
+    1.75
+    """
+    return float(k + 1) if a >= 1 else (1 - a ** (k + 1)) / (1 - a)
+
+
+def _add_expectation(fig: go.Figure, events: Sequence[StepEvent]) -> None:
+    """The theory panel: E[tokens per step] over a for the run's typical K, the speedup bound
+    E / (c K + 1) for its measured cost ratio c, and the run's measured point."""
+    drafting = [e for e in events if e.num_drafted]
+    if not drafting:
+        return
+    k = sorted(e.num_drafted for e in drafting)[len(drafting) // 2]  # the median drafted length
+    metrics = RunMetrics.from_events(events)
+    verify_step = sum(e.timings.verify_s for e in events) / len(events)
+    c = (metrics.draft_s / metrics.drafted) / verify_step if verify_step > 0 else 0.0
+    grid = [i / 50 for i in range(50)] + [0.999]
+    fig.add_trace(go.Scatter(x=grid, y=[expected_tokens_per_step(a, k) for a in grid], mode="lines",
+                             name=f"E[tokens per step], K = {k}", line=dict(color=BLUE, width=2),
+                             hovertemplate="a = %{x:.0%}: %{y:.2f} tokens per step<extra></extra>"), row=1, col=2)
+    fig.add_trace(go.Scatter(x=grid, y=[expected_tokens_per_step(a, k) / (c * k + 1) for a in grid], mode="lines",
+                             name=f"speedup bound, cost ratio c = {c:.2f}", line=dict(color=GREEN, width=2, dash="dash"),
+                             hovertemplate="a = %{x:.0%}: at most %{y:.2f}x the baseline<extra></extra>"), row=1, col=2)
+    a = metrics.acceptance_rate or 0.0
+    fig.add_trace(go.Scatter(x=[a], y=[metrics.mean_acceptance_length], mode="markers", name="this run (measured)",
+                             marker=dict(symbol="star", size=13, color=VERMILLION, line=dict(color=BLACK, width=1)),
+                             hovertemplate=(f"measured: acceptance rate %{{x:.0%}}, %{{y:.2f}} tokens per step"
+                                            f"<br>cost ratio c = {c:.2f} (drafting per token / verification per step)"
+                                            "<extra></extra>")), row=1, col=2)
+
+
+PHASE_COLOURS = {"draft": ORANGE, "verify": BLUE}
+
+
+def phase_figure(events: Sequence[StepEvent], empty_message: str = "Run a prompt to see who worked when") -> go.Figure:
+    """The phase timeline (Gantt): draft and verify phases per worker on a numeric time axis.
+
+    Plain speculation alternates (each worker waits while the other works); PEARL overlaps them.
+    Gaps in a lane are waiting time."""
+    fig = go.Figure()
+    lanes = ("target", "drafter")
+    for kind in ("draft", "verify"):
+        rows = [(e.index, p) for e in events for p in e.timings.phases if p.kind == kind]
+        fig.add_trace(go.Bar(
+            y=[p.worker for _, p in rows], x=[(p.end_s - p.start_s) * 1000 for _, p in rows],
+            base=[p.start_s * 1000 for _, p in rows], orientation="h", name=kind, marker_color=PHASE_COLOURS[kind],
+            marker_line=dict(width=0.5, color="white"),
+            customdata=[[i, (p.end_s - p.start_s) * 1000] for i, p in rows],
+            hovertemplate=f"step %{{customdata[0]}}: {kind} %{{customdata[1]:.1f}} ms<br>from %{{base:.0f}} ms<extra></extra>",
+        ))
+    totals = worker_time(events)
+    title = None
+    if totals:
+        title = " · ".join(f"{w}: busy {t['busy_s']:.2f} s, waiting {t['waiting_s']:.2f} s" for w, t in totals.items())
+    fig.update_layout(
+        barmode="overlay", height=220, uirevision=UIREVISION + "-phases", template="plotly_white", font=dict(size=12),
+        margin=dict(l=70, r=20, t=50, b=45), hovermode="closest",
+        legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="right", x=1, font=dict(size=11)),
+        title=dict(text=title, x=0, y=0.98, yanchor="top", font=dict(size=12)) if title else None,
+    )
+    fig.update_xaxes(title_text="engine time (ms)", rangemode="tozero")
+    fig.update_yaxes(categoryorder="array", categoryarray=list(lanes))
+    if not events:
+        fig.add_annotation(text=empty_message, xref="paper", yref="paper", x=0.5, y=0.5, showarrow=False,
+                           font=dict(size=14, color=GREY))
+    elif not totals:
+        fig.add_annotation(text="the autoregressive baseline has one worker and no drafting", xref="paper",
+                           yref="paper", x=0.5, y=0.5, showarrow=False, font=dict(size=13, color=GREY))
     return fig

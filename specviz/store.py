@@ -21,14 +21,24 @@ from typing import Any
 
 import sqlite_utils
 
-from engine.events import DraftedToken, LengthDecision, NewToken, OutputToken, PhaseTimings, StepEvent, TokenCandidate
+from engine.events import (
+    DraftedToken,
+    LengthDecision,
+    NewToken,
+    OutputToken,
+    PhaseTimings,
+    StepEvent,
+    TokenCandidate,
+    WorkerPhase,
+)
 from engine.metrics import RunMetrics
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Columns added after version 1: a log written by an older SpecViz gains them (empty) when opened.
 ADDED_COLUMNS: tuple[tuple[str, str, type], ...] = (
     ("steps", "proposer_info", str),  # v2: what drove the proposal (JSON), engine.events.StepEvent.proposer_info
     ("runs", "document", str),  # v3: the text attached for retrieval drafting (rasd), specviz.runner.RunRequest.document
+    ("steps", "phases", str),  # v4: who worked when (JSON [[worker, kind, start_s, end_s], ...]), PhaseTimings.phases
 )
 BUSY_TIMEOUT_S = 30.0
 
@@ -104,7 +114,7 @@ class RunStore:
                     "num_accepted": int, "output_token_id": int, "output_text": str, "output_kind": str,
                     "output_prob": float, "output_top": str, "target_forwards": int, "start_s": float, "end_s": float,
                     "draft_s": float, "verify_s": float, "overhead_s": float, "stop_reason": str,
-                    "proposer_info": str,
+                    "proposer_info": str, "phases": str,
                 },
                 pk=("run_id", "step_index"),
                 foreign_keys=[("run_id", "runs", "id")],
@@ -176,6 +186,7 @@ class RunStore:
             "start_s": t.start_s, "end_s": t.end_s, "draft_s": t.draft_s, "verify_s": t.verify_s, "overhead_s": t.overhead_s,
             "stop_reason": event.stop_reason,
             "proposer_info": json.dumps(event.proposer_info) if event.proposer_info else None,
+            "phases": json.dumps([[p.worker, p.kind, p.start_s, p.end_s] for p in t.phases]) if t.phases else None,
         }
         drafts = [
             {
@@ -269,7 +280,8 @@ class RunStore:
                                        _parse_candidates(r["output_top"])),
                     new_tokens=tuple(outputs.get(i, ())),
                     target_forwards=r["target_forwards"],
-                    timings=PhaseTimings(r["draft_s"], r["verify_s"], r["overhead_s"], r["start_s"], r["end_s"]),
+                    timings=PhaseTimings(r["draft_s"], r["verify_s"], r["overhead_s"], r["start_s"], r["end_s"],
+                                         tuple(WorkerPhase(*p) for p in json.loads(r["phases"] or "[]"))),
                     stop_reason=r["stop_reason"],
                     proposer_info=json.loads(r["proposer_info"] or "{}"),
                 )

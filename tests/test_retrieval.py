@@ -34,7 +34,7 @@ from engine.policies import ConstantLength, HeuristicLength
 from engine.proposers.retrieval import Candidate, DocumentIndex, RetrievalProposer, choose_retrieved
 from specviz import cli
 from specviz.runner import MAX_DOCUMENT_BYTES, RunRequest, Runner, read_document_file
-from specviz.store import RunStore
+from specviz.store import SCHEMA_VERSION, RunStore
 from test_engine_tiny import _next_probs, exact_first_two, lookup_friendly_prompt, residual_bug_noncentrality
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -394,7 +394,7 @@ def test_document_round_trips_through_the_store_and_old_logs_gain_the_column(tmp
     conn.close()
     store = RunStore(path)
     assert "document" in store.db["runs"].columns_dict
-    assert store.db.conn.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert store.db.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     run_id = store.start_run(
         strategy=parse_strategy("rasd"), sampling=SamplingConfig(), target="t", drafter="early-exit:6",
         prompt="p", prompt_tokens=1, max_new_tokens=4, document=NASTY_DOCUMENT,

@@ -117,7 +117,7 @@ def test_describe_strategies_lists_everything():
     by_name = {d["name"]: d for d in described}
     assert by_name["ar"]["parameters"] == {}
     assert {k: v for k, v in by_name["prompt_lookup"]["parameters"]["k"].items() if k != "help"} == {"default": 4, "type": "int"}
-    assert by_name["draft_model"]["parameters"]["length_policy"]["choices"] == ["constant", "heuristic"]
+    assert by_name["draft_model"]["parameters"]["length_policy"]["choices"] == ["constant", "heuristic", "feedback", "confidence", "specdec"]
     assert by_name["prompt_lookup"]["parameters"]["min_ngram"]["default"] == 2
     assert by_name["draft_model"]["parameters"]["drafter"]["default"] == "distilled"
     assert by_name["draft_model"]["parameters"]["vocab_trim"]["default"] == 0

@@ -11,7 +11,7 @@ import pytest
 
 from engine.events import DraftedToken, LengthDecision, NewToken, OutputToken, PhaseTimings, StepEvent, TokenCandidate
 from engine.metrics import RunMetrics
-from specviz.figures import TRACE_NAMES, UIREVISION, acceptance_figure, rolling_mean
+from specviz.figures import LENGTH_TRACE_NAMES, TRACE_NAMES, UIREVISION, acceptance_figure, draft_length_figure, rolling_mean
 from specviz.ui import render
 
 XSS = '<img src=x onerror="window.__xss=1">'
@@ -251,6 +251,72 @@ def test_acceptance_figure_traces():
 def test_acceptance_figure_handles_no_events():
     fig = acceptance_figure([])
     assert isinstance(fig, go.Figure) and len(fig.data) == len(TRACE_NAMES)
+    assert any("Run a prompt" in (a.text or "") for a in fig.layout.annotations)
+
+
+def test_draft_length_figure_shows_choice_draft_acceptance_oracle_and_signal():
+    from dataclasses import replace
+
+    from engine.events import LengthDecision
+
+    steps = [replace(e, decision=LengthDecision(3, 3, f"reason <{i}>", {"signal": 0.1 * i, "signal_name": "threshold"}))
+             for i, e in enumerate(events())]
+    fig = draft_length_figure(steps)
+    by_name = {t.name: t for t in fig.data}
+    assert list(by_name)[:5] == [*LENGTH_TRACE_NAMES, "threshold"]
+    # the theory panel: E[tokens per step] for the median drafted length, the bound, the measured point
+    theory = list(by_name)[5:]
+    assert theory[0] == "E[tokens per step], K = 3" and theory[1].startswith("speedup bound, cost ratio c = ")
+    measured = by_name["this run (measured)"]
+    assert list(measured.x) == pytest.approx([3 / 5]) and list(measured.y) == pytest.approx([1 + 3 / 3])
+    assert list(by_name["drafted"].y) == [e.num_drafted for e in steps]
+    assert list(by_name["accepted"].y) == [1, 2, 0]
+    assert list(by_name["chosen length"].y) == [3, 3, 3]
+    assert all(k <= e.num_drafted for k, e in zip(by_name[LENGTH_TRACE_NAMES[3]].y, steps))
+    assert list(by_name["threshold"].y) == pytest.approx([0.0, 0.1, 0.2])
+    assert "reason &lt;1&gt;" in by_name["drafted"].hovertext[1]  # the reason, escaped
+    assert "oracle" in fig.layout.title.text
+
+
+def test_expected_tokens_per_step():
+    from specviz.figures import expected_tokens_per_step
+
+    assert expected_tokens_per_step(0.0, 4) == 1.0
+    assert expected_tokens_per_step(0.5, 2) == pytest.approx(1 + 0.5 + 0.25)
+    assert expected_tokens_per_step(1.0, 4) == 5.0
+
+
+def test_phase_figure_shows_each_workers_phases_and_waiting_time():
+    from dataclasses import replace
+
+    from engine.events import PhaseTimings, WorkerPhase
+    from engine.metrics import worker_time
+    from specviz.figures import phase_figure
+
+    plain = [  # draft 0-10 ms, verify 10-100 ms, draft 100-110 ms, verify 110-200 ms
+        replace(e, timings=PhaseTimings(0.01, 0.09, 0.0, 0.1 * i, 0.1 * i + 0.1, (
+            WorkerPhase("drafter", "draft", 0.1 * i, 0.1 * i + 0.01),
+            WorkerPhase("target", "verify", 0.1 * i + 0.01, 0.1 * i + 0.1))))
+        for i, e in enumerate(events()[:2])
+    ]
+    totals = worker_time(plain)
+    assert totals["drafter"] == {"busy_s": pytest.approx(0.02), "waiting_s": pytest.approx(0.18)}
+    assert totals["target"] == {"busy_s": pytest.approx(0.18), "waiting_s": pytest.approx(0.02)}
+    fig = phase_figure(plain)
+    draft, verify = fig.data
+    assert (draft.name, verify.name) == ("draft", "verify")
+    assert list(draft.y) == ["drafter", "drafter"] and list(verify.y) == ["target", "target"]
+    assert list(draft.base) == pytest.approx([0.0, 100.0]) and list(draft.x) == pytest.approx([10.0, 10.0])
+    assert list(verify.base) == pytest.approx([10.0, 110.0]) and list(verify.x) == pytest.approx([90.0, 90.0])
+    assert "drafter: busy 0.02 s, waiting 0.18 s" in fig.layout.title.text
+    baseline = phase_figure(events()[2:])  # no phases: the baseline
+    assert any("one worker" in (a.text or "") for a in baseline.layout.annotations)
+    assert worker_time(events()[2:]) == {}
+
+
+def test_draft_length_figure_handles_no_events():
+    fig = draft_length_figure([])
+    assert [t.name for t in fig.data] == list(LENGTH_TRACE_NAMES[:3])
     assert any("Run a prompt" in (a.text or "") for a in fig.layout.annotations)
 
 

@@ -36,7 +36,7 @@ from engine import (
     parse_strategy,
 )
 from engine.errors import ConfigError, PromptError
-from specviz.figures import acceptance_figure
+from specviz.figures import acceptance_figure, draft_length_figure, phase_figure
 from specviz.prompts import SuitePrompt, load_prompt_suite
 from specviz.runner import MAX_DOCUMENT_BYTES, PreparedRun, RunRequest, Runner, RunUpdate, new_group_id, read_document_file
 from specviz.store import RunStore
@@ -202,6 +202,8 @@ class RunView:
     next: gr.Button
     inspector: gr.HTML
     plot: gr.Plot
+    length_plot: gr.Plot
+    phase_plot: gr.Plot
     state: gr.State
 
     def render(self, state: dict | None, focus: int | None = None, *, running: bool = False, plot: bool = True,
@@ -223,10 +225,17 @@ class RunView:
                 events, title=label,
                 empty_message="Waiting for the first step…" if running else "Run a prompt to see the acceptance history",
             )
+            out[self.length_plot] = draft_length_figure(
+                events, empty_message="Waiting for the first step…" if running else "Run a prompt to see the draft lengths"
+            )
+            out[self.phase_plot] = phase_figure(
+                events, empty_message="Waiting for the first step…" if running else "Run a prompt to see who worked when"
+            )
         return out
 
     def outputs(self) -> list:
-        return [self.state, self.stream, self.metrics, self.slider, self.inspector, self.plot]
+        return [self.state, self.stream, self.metrics, self.slider, self.inspector, self.plot, self.length_plot,
+                self.phase_plot]
 
     def wire_navigation(self) -> None:
         """Slider and Previous / Next: pick a step (works during and after a run; no model involved)."""
@@ -309,14 +318,31 @@ def build_inspector_panel(prefix: str) -> tuple[gr.Slider, gr.Button, gr.Button,
     return slider, prev, nxt, inspector
 
 
-def build_plot_panel(prefix: str) -> gr.Plot:
+def build_plot_panel(prefix: str) -> tuple[gr.Plot, gr.Plot, gr.Plot]:
     gr.Markdown("### Acceptance history")
     _explain(
         "Top: tokens produced at each step (blue = accepted drafts, stacked with the target's own token) and a "
         "rolling mean. Bottom left: how often each draft position survives (position i needs 0..i-1 accepted "
         "first). Bottom right: how many steps produced 1, 2, 3… tokens."
     )
-    return gr.Plot(acceptance_figure([]), elem_id=f"{prefix}acceptance-plot", show_label=False)
+    plot = gr.Plot(acceptance_figure([]), elem_id=f"{prefix}acceptance-plot", show_label=False)
+    gr.Markdown("### Draft length")
+    _explain(
+        "The length the policy chose at each step (line; hover for its reason), what was drafted (grey) and accepted "
+        "(blue), and the policy's own signal on the right axis (the confidence threshold, the predicted chance of a "
+        "rejection, the moving average of accepted lengths). Orange diamonds: the oracle, the length that would have "
+        "given the most tokens per second in hindsight, priced with this run's measured drafter and verification "
+        "costs (analysis only: no policy can know it in advance)."
+    )
+    length_plot = gr.Plot(draft_length_figure([]), elem_id=f"{prefix}draft-length-plot", show_label=False)
+    gr.Markdown("### Phase timeline")
+    _explain(
+        "Who worked when, on the engine's clock: orange = drafting, blue = the target verifying, gaps = waiting. "
+        "Plain speculation alternates, so each worker waits while the other works; PEARL lets the drafter draft "
+        "the next block while the target verifies this one."
+    )
+    phase_plot = gr.Plot(phase_figure([]), elem_id=f"{prefix}phase-plot", show_label=False)
+    return plot, length_plot, phase_plot
 
 
 # -- strategy controls ---------------------------------------------------------------------------
@@ -483,8 +509,9 @@ def build_app(models: ModelCache, store: RunStore) -> gr.Blocks:
                     with gr.Column(scale=7, min_width=420):
                         stream, metrics = build_stream_panel("")
                         slider, prev, nxt, inspector = build_inspector_panel("")
-                plot = build_plot_panel("")
-                view = RunView(stream, metrics, slider, prev, nxt, inspector, plot, gr.State(None))
+                plot, length_plot, phase_plot = build_plot_panel("")
+                view = RunView(stream, metrics, slider, prev, nxt, inspector, plot, length_plot, phase_plot,
+                               gr.State(None))
                 view.wire_navigation()
 
             # ---------------------------------------------------------------- Compare
@@ -572,8 +599,9 @@ def build_app(models: ModelCache, store: RunStore) -> gr.Blocks:
                     with gr.Column(scale=6, min_width=380):
                         h_slider, h_prev, h_next, h_inspector = build_inspector_panel("history-")
                     with gr.Column(scale=5, min_width=360):
-                        h_plot = build_plot_panel("history-")
-                h_view = RunView(h_stream, h_metrics, h_slider, h_prev, h_next, h_inspector, h_plot, gr.State(None))
+                        h_plot, h_length_plot, h_phase_plot = build_plot_panel("history-")
+                h_view = RunView(h_stream, h_metrics, h_slider, h_prev, h_next, h_inspector, h_plot, h_length_plot,
+                                 h_phase_plot, gr.State(None))
                 h_view.wire_navigation()
 
         # ==================================================================== handlers
