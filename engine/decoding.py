@@ -109,13 +109,7 @@ class SpeculativeDecoder:
             drafted_at = time.perf_counter()
 
             # 3. verify: one target forward pass over [last, d1..dk] -> k + 1 distributions
-            logits = target.forward([tokens[-1]] + draft, keep_logits=len(draft) + 1)  # [k + 1, vocab]
-            check_finite(logits, "target")
-            target_probs = logits_to_probs(logits, sampling)  # [k + 1, vocab]
-            if sampling.greedy:
-                verdict = verify_greedy(draft, logits)
-            else:
-                verdict = verify_rejection_sampling(draft, draft_probs, target_probs, generator)
+            target_probs, verdict = verify_chain(target, tokens[-1], draft, draft_probs, sampling, generator)
             verified_at = time.perf_counter()
 
             # 4. commit accepted + recovered/bonus, cut at EOS and the token budget
@@ -159,6 +153,23 @@ class SpeculativeDecoder:
             if stop_reason is not None:
                 return
             step += 1
+
+
+def verify_chain(
+    target: CachedCausalLM,
+    last: int,
+    draft: list[int],
+    draft_probs: torch.Tensor | None,  # [k, vocab]
+    sampling: SamplingConfig,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, ChainVerdict]:
+    """One target forward pass over [last, d1..dk]; returns the target's distributions [k + 1, vocab] and the verdict."""
+    logits = target.forward([last] + draft, keep_logits=len(draft) + 1)  # [k + 1, vocab]
+    check_finite(logits, "target")
+    target_probs = logits_to_probs(logits, sampling)  # [k + 1, vocab]
+    if sampling.greedy:
+        return target_probs, verify_greedy(draft, logits)
+    return target_probs, verify_rejection_sampling(draft, draft_probs, target_probs, generator)
 
 
 def commit(

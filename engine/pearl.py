@@ -42,12 +42,11 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from .causal_lm import CachedCausalLM
-from .decoding import SpeculativeDecoder, commit, drafted_tokens, output_token
+from .decoding import SpeculativeDecoder, commit, drafted_tokens, output_token, verify_chain
 from .detokenize import IncrementalDetokenizer
 from .events import LengthDecision, NewToken, PhaseTimings, StepEvent, WorkerPhase
 from .models import LoadedModel
 from .sampling import SamplingConfig, check_finite, logits_to_probs, sample
-from .verification import verify_greedy, verify_rejection_sampling
 
 
 class _Drafter:
@@ -131,14 +130,8 @@ class PearlDecoder(SpeculativeDecoder):
 
                 # 2. the drafter drafts the continuation on its worker while the target verifies here
                 future = worker.submit(drafter.draft, tokens + block, continuation, clock) if continuation else None
-                logits = target.forward([tokens[-1]] + block, keep_logits=len(block) + 1)  # [len(block) + 1, vocab]
-                check_finite(logits, "target")
-                target_probs = logits_to_probs(logits, sampling)
                 draft_probs = torch.stack(block_probs) if block_probs else None  # [len(block), vocab]
-                if sampling.greedy:
-                    verdict = verify_greedy(block, logits)
-                else:
-                    verdict = verify_rejection_sampling(block, draft_probs, target_probs, generator)
+                target_probs, verdict = verify_chain(target, tokens[-1], block, draft_probs, sampling, generator)
                 verified_at = clock()
                 phases.append(WorkerPhase("target", "verify", drafted_at, verified_at))
                 next_block, next_probs = [], []

@@ -77,10 +77,8 @@ class ChainDrafting(StrategyConfig):
     k: int = param(4, "draft length K (the starting K for the heuristic policy)")
     length_policy: str = param(
         "constant",
-        "constant K; heuristic: +2 after a fully accepted draft, -1 otherwise; feedback: K follows a moving average "
-        "of accepted lengths (DiffuSpec ADL); confidence: stop where the drafter's top probability falls below a "
-        "threshold learned from the verdicts; specdec: stop where a learned acceptance predictor says some drafted "
-        "token is likely rejected (SpecDec++). confidence and specdec draft up to max_k and need a model drafter",
+        "how much to draft: constant K; heuristic (+2 / -1); feedback (moving average of accepted lengths); "
+        "confidence or specdec (stop inside the draft, up to max_k; model drafters only)",
         LENGTH_POLICIES,
     )
     max_k: int = param(12, "cap on K")

@@ -33,6 +33,7 @@ from engine import (
     parse_strategy,
     run_to_completion,
 )
+from engine.api import RunResult
 from engine.errors import ConfigError
 from engine.metrics import worker_time
 from engine.oracle import oracle_report
@@ -174,12 +175,20 @@ def run_suite(args: argparse.Namespace, models: ModelCache) -> list[Row]:
         for prompt in suite[category][: args.per_category]:
             ids = encode_prompt(target.tokenizer, prompt.prompt)
             n = args.max_new_tokens or prompt.max_new_tokens
-            baseline = run_to_completion(build_decoder(parse_strategy("ar"), target, models, sampling), ids, n)
             document = prompt_passage(prompt.prompt)
-            for strategy in strategies:
-                result = baseline if strategy.name == "ar" else run_to_completion(
-                    build_decoder(strategy, target, models, sampling, document=document), ids, n
-                )
+            # Rounds of [ar, every strategy] in turn: each keeps its fastest round, so a slow spell on a shared
+            # machine hits every strategy alike instead of one baseline that all speedups divide by.
+            best: dict[int, RunResult] = {}
+            for _round in range(args.repeats):
+                for i, strategy in enumerate([parse_strategy("ar"), *strategies]):
+                    if i and strategy.name == "ar":
+                        continue  # the baseline's own row is the baseline
+                    result = run_to_completion(build_decoder(strategy, target, models, sampling, document=document), ids, n)
+                    if i not in best or result.metrics.wall_s < best[i].metrics.wall_s:
+                        best[i] = result
+            baseline = best[0]
+            for i, strategy in enumerate(strategies, start=1):
+                result = baseline if strategy.name == "ar" else best[i]
                 m = result.metrics
                 rows.append(Row(
                     _row_name(strategy), category, prompt.id, m.new_tokens, m.steps, m.drafted, m.accepted, m.wall_s,
@@ -316,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--categories", default="", help="comma-separated categories (default: all)")
     parser.add_argument("--per-category", type=int, default=1, help="prompts per category")
     parser.add_argument("--max-new-tokens", type=int, default=0, help="0 = each prompt's own budget")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="rounds of ar + every strategy per prompt; each keeps its fastest round")
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--target", default=EMBEDDED_DEFAULT)
@@ -328,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also measure the explorer's time to the first streamed step (model loaded)")
     parser.add_argument("--out", help="write rows and summaries to this JSON file")
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     models = ModelCache()

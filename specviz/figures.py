@@ -150,7 +150,7 @@ def draft_length_figure(events: Sequence[StepEvent], empty_message: str = "Run a
     probability, moving average) on a second axis. Hover a step for the policy's reason."""
     fig = make_subplots(rows=1, cols=2, column_widths=[0.66, 0.34], horizontal_spacing=0.12,
                         specs=[[{"secondary_y": True}, {}]],
-                        subplot_titles=("", "Expected tokens per step and speedup bound"))
+                        subplot_titles=("", "Theory: tokens per step, speedup bound"))
     steps = [e.index for e in events]
     accepted = [sum(1 for t in e.draft if t.verdict == "accepted") for e in events]
     reasons = [
@@ -188,13 +188,15 @@ def draft_length_figure(events: Sequence[StepEvent], empty_message: str = "Run a
         title = (f"hindsight oracle: {report.oracle_tokens_per_s:.1f} tok/s vs this run's {report.actual_tokens_per_s:.1f} "
                  f"(same cost model; {report.gap:.0%} below the oracle)")
     fig.update_layout(
-        barmode="overlay", bargap=0.15, uirevision=UIREVISION + "-length", height=340,
-        margin=dict(l=50, r=50, t=60, b=45), template="plotly_white", font=dict(size=12), hovermode="closest",
-        legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0, font=dict(size=11)),
-        title=dict(text=title, x=0, y=0.99, yanchor="top", font=dict(size=12)) if title else None,
+        barmode="overlay", bargap=0.15, uirevision=UIREVISION + "-length", height=420,
+        margin=dict(l=50, r=50, t=60, b=40), template="plotly_white", font=dict(size=12), hovermode="closest",
+        legend=dict(orientation="h", yanchor="top", y=-0.2, xanchor="left", x=0, font=dict(size=11)),
+        title=dict(text=title, x=0, y=0.98, yanchor="top", font=dict(size=12)) if title else None,
     )
-    fig.update_xaxes(title_text="step", rangemode="tozero", dtick=max(1, math.ceil(len(steps) / 12)))
+    fig.update_xaxes(title_text="step", rangemode="tozero", dtick=max(1, math.ceil(len(steps) / 12)), row=1, col=1)
     fig.update_yaxes(title_text="tokens", rangemode="tozero", row=1, col=1, secondary_y=False)
+    fig.update_xaxes(title_text="acceptance rate a", range=[0, 1], tickformat=".0%", dtick=0.25, row=1, col=2)
+    fig.update_yaxes(title_text="tokens per step, or x baseline", rangemode="tozero", row=1, col=2)
     if not events:
         fig.add_annotation(text=empty_message, xref="paper", yref="paper", x=0.5, y=0.5, showarrow=False,
                            font=dict(size=14, color=GREY))

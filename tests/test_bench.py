@@ -31,7 +31,7 @@ def test_summary_uses_summed_wall_times_and_established_definitions():
 def test_bench_command_runs_and_checks_identity(tmp_path, capsys):
     out_file = tmp_path / "bench.json"
     code = cli.main(["bench", "--categories", "rag", "--strategies", "ar,prompt_lookup",
-                     "--max-new-tokens", "6", "--out", str(out_file)])
+                     "--max-new-tokens", "6", "--repeats", "2", "--out", str(out_file)])
     out, err = capsys.readouterr()
     assert code == 0, err
     assert "| prompt_lookup | ALL |" in out
@@ -39,6 +39,9 @@ def test_bench_command_runs_and_checks_identity(tmp_path, capsys):
     assert {r["strategy"] for r in result["rows"]} == {"ar", "prompt_lookup"}
     assert all(r["identical"] for r in result["rows"])
     assert all(r["new_tokens"] <= 6 for r in result["rows"])
+    assert len(result["rows"]) == 2  # one row per (prompt, strategy), whatever the number of rounds
+    ar_row = next(r for r in result["rows"] if r["strategy"] == "ar")
+    assert ar_row["wall_s"] == ar_row["baseline_wall_s"]
 
 
 def test_strategy_specs_with_parameters():
