@@ -4,6 +4,7 @@ bad input, the History replay and a Compare. The app runs in-process on a free p
 from __future__ import annotations
 
 import html
+import json
 import os
 import re
 
@@ -142,6 +143,22 @@ def test_compare_without_ar_adds_a_baseline_run_one_after_another(app):
     new_runs = [r for r in store.list_runs() if r["id"] not in before]
     assert sorted(r["strategy"] for r in new_runs) == ["ar", "early_exit", "prompt_lookup"]
     assert len({r["group_id"] for r in new_runs}) == 1
+
+
+def test_compare_races_two_length_policies_with_the_same_drafter(app):
+    """Issue 4: the same strategy and drafter on both sides, only the draft-length policy differs."""
+    client, store = app
+    before = {r["id"] for r in store.list_runs()}
+    result = client.predict(
+        prompt=PROMPT, a_name="draft_model", a_length_policy="feedback", a_vocab_trim=8192,
+        b_name="draft_model", b_length_policy="confidence", b_vocab_trim=8192, max_new_tokens=8, api_name="/compare",
+    )
+    assert "lossless check: identical to baseline" in " ".join(_html_outputs(result))
+    new_runs = [r for r in store.list_runs() if r["id"] not in before and r["strategy"] == "draft_model"]
+    assert sorted(json.loads(r["params"])["length_policy"] for r in new_runs) == ["confidence", "feedback"]
+    for run in new_runs:
+        events = store.load_events(run["id"])
+        assert all("signal_name" in e.decision.inputs for e in events)  # the policy's signal reaches the log
 
 
 @pytest.mark.parametrize("value", [0, 5000])
