@@ -23,7 +23,7 @@ from .policies import (
 )
 from .proposers import AdaptiveNgramProposer, DraftModelProposer, PromptLookupProposer
 from .proposers.dynamic_exit import DynamicExitProposer
-from .trained_drafters import kangaroo_agreement
+from .trained_drafters import kangaroo_agreement, load_acceptance_predictor
 from .proposers.retrieval import RetrievalProposer
 from .proposers.cross_vocab import CrossVocabProposer
 from .sampling import SamplingConfig
@@ -65,15 +65,18 @@ def encode_prompt(tokenizer, prompt: str, raw: bool = False) -> list[int]:
     return list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
 
 
-def length_policy(strategy: ChainDrafting) -> DraftLengthPolicy:
-    """The draft-length policy a chain strategy names (constant, heuristic, feedback, confidence, specdec)."""
+def length_policy(strategy: ChainDrafting, trained_predictor: list[float] | None = None) -> DraftLengthPolicy:
+    """The draft-length policy a chain strategy names (constant, heuristic, feedback, confidence, specdec).
+
+    `trained_predictor`: SpecDec++ weights trained for this target and drafter (specdec only).
+    """
     k, max_k = strategy.k, strategy.max_k
     return {
         "constant": lambda: ConstantLength(k),
         "heuristic": lambda: HeuristicLength(k, max_k),
         "feedback": lambda: AcceptanceFeedbackLength(k, max_k),
         "confidence": lambda: ConfidenceStop(max_k),
-        "specdec": lambda: AcceptancePredictorStop(max_k),
+        "specdec": lambda: AcceptancePredictorStop(max_k, trained=trained_predictor),
     }[strategy.length_policy]()
 
 
@@ -98,7 +101,10 @@ def build_decoder(
         drafter = models.drafter(target, strategy.drafter, progress=progress, vocab_trim=strategy.vocab_trim)
         return PearlDecoder(target, drafter.model, strategy.gamma, sampling)
     assert isinstance(strategy, ChainDrafting)
-    policy = length_policy(strategy)
+    trained = None
+    if strategy.length_policy == "specdec" and isinstance(strategy, (DraftModelConfig, EarlyExitConfig, KangarooConfig)):
+        trained = load_acceptance_predictor(target.name, strategy.drafter, strategy.vocab_trim)
+    policy = length_policy(strategy, trained)
     stop_rule = policy if strategy.length_policy in IN_DRAFT_POLICIES else None
     if isinstance(strategy, (DraftModelConfig, EarlyExitConfig, KangarooConfig)):
         drafter = models.drafter(target, strategy.drafter, progress=progress, vocab_trim=strategy.vocab_trim)

@@ -182,42 +182,72 @@ class ConfidenceStop:
         return best
 
 
+ACCEPTANCE_FEATURES = ("bias", "top probability", "normalised entropy", "position / 8")
+HAND_SET_PRIOR = (-2.0, 4.0, 0.0, 0.0)  # p(accept) ~ sigmoid(4 * top probability - 2): 0.12 at 0, 0.88 at 1
+
+
+def acceptance_features(position: int, dist: torch.Tensor) -> list[float]:
+    """SpecDec++'s features of a drafted position: [1, top probability, entropy / ln vocab, position / 8]."""
+    p = dist.double().clamp_min(1e-12)
+    entropy = float(-(p * p.log()).sum()) / math.log(max(2, p.shape[-1]))
+    return [1.0, float(dist.max()), entropy, position / 8.0]
+
+
+def fit_logistic(
+    x: torch.Tensor,  # [n, features]
+    y: torch.Tensor,  # [n] 1.0 accepted, 0.0 rejected
+    prior: torch.Tensor,  # [features] the weights the L2 term pulls towards (and the start)
+    l2: float = 1.0,
+    steps: int = 4,
+) -> torch.Tensor:
+    """A few Newton steps of L2-regularised logistic regression; returns the weights [features] (float64)."""
+    x, y, w = x.double(), y.double(), prior.double().clone()
+    eye = torch.eye(x.shape[1], dtype=torch.float64)
+    for _ in range(steps):
+        p = torch.sigmoid(x @ w)
+        grad = x.T @ (p - y) + l2 * (w - prior)
+        hessian = x.T @ (x * (p * (1 - p))[:, None]) + l2 * eye
+        w = w - torch.linalg.solve(hessian, grad)
+    return w
+
+
 class AcceptancePredictorStop:
     """SpecDec++: stop drafting when the predicted chance that some drafted token is rejected exceeds a threshold.
 
     A logistic acceptance predictor p(accept | features) over the drafter's features at each
-    position: top probability, normalised entropy (entropy / ln vocab) and position in the draft
-    (/ 8). The proposer calls `should_stop(position, dist)` before each token; with p_0..p_i the
+    position (`acceptance_features`: top probability, normalised entropy, position in the draft).
+    The proposer calls `should_stop(position, dist)` before each token; with p_0..p_i the
     predictions for the tokens so far and the next one, drafting stops when
     1 - p_0 * ... * p_i > stop_threshold (position 0 is always drafted). The decision uses only
     the drafter's distributions, so verification stays lossless.
 
-    Fitted online (this is the fallback where no trained predictor exists for a pair): every
-    checked token is a labelled example, and after each step the weights are refitted on the
-    recent window by a few Newton steps of L2-regularised logistic regression, starting from a
-    prior that predicts roughly the top probability. The drafter's hidden state is not a feature
-    yet.
+    `trained`: weights fitted offline for this target and drafter (`specviz train-predictor`,
+    assets/drafters/<target>/acceptance_predictor.json); they are the starting point and the prior.
+    Without them the prior is hand-set (HAND_SET_PRIOR). Either way the predictor keeps learning
+    online: every checked token is a labelled example, and after each step the weights are refitted
+    on the recent window (`fit_logistic`, an L2 pull towards the prior). The drafter's hidden state
+    is not a feature yet.
     """
 
-    FEATURES = ("bias", "top probability", "normalised entropy", "position / 8")
+    FEATURES = ACCEPTANCE_FEATURES
 
-    def __init__(self, max_k: int, stop_threshold: float = 0.5, window: int = 256, l2: float = 1.0):
+    def __init__(self, max_k: int, stop_threshold: float = 0.5, window: int = 256, l2: float = 1.0,
+                 trained: list[float] | None = None):
         self.max_k = max_k
         self.stop_threshold = stop_threshold
         self.window = window
         self.l2 = l2
-        self.prior = torch.tensor([-2.0, 4.0, 0.0, 0.0], dtype=torch.float64)
+        self.source = "trained offline" if trained is not None else "hand-set prior"
+        self.prior = torch.tensor(trained if trained is not None else HAND_SET_PRIOR, dtype=torch.float64)
         self.weights = self.prior.clone()
         self._examples: list[tuple[list[float], bool]] = []
         self._drafted: list[list[float]] = []  # features of the tokens drafted this step
         self._survive = 1.0  # product of predicted acceptances of this step's drafted tokens
         self._last_risk: float | None = None
-        self._reason = f"draft while P(some drafted token rejected) <= {stop_threshold:.2f}, up to {max_k}"
+        self._reason = (f"draft while P(some drafted token rejected) <= {stop_threshold:.2f}, up to {max_k} "
+                        f"(predictor: {self.source})")
 
-    def _features(self, position: int, dist: torch.Tensor) -> list[float]:
-        p = dist.double().clamp_min(1e-12)
-        entropy = float(-(p * p.log()).sum()) / math.log(max(2, p.shape[-1]))
-        return [1.0, float(dist.max()), entropy, position / 8.0]
+    _features = staticmethod(acceptance_features)
 
     def predict(self, features: list[float]) -> float:
         return float(torch.sigmoid(torch.tensor(features, dtype=torch.float64) @ self.weights))
@@ -227,13 +257,13 @@ class AcceptancePredictorStop:
                   "signal": None if self._last_risk is None else round(self._last_risk, 4),
                   "signal_name": "predicted P(a drafted token is rejected) where drafting stopped",
                   "weights": dict(zip(self.FEATURES, (round(float(w), 4) for w in self.weights))),
-                  "examples": len(self._examples)}
+                  "predictor": self.source, "examples": len(self._examples)}
         return self.max_k, self._reason, inputs
 
     def should_stop(self, position: int, dist: torch.Tensor) -> str | None:
         if position == 0:
             self._survive = 1.0
-        features = self._features(position, dist)
+        features = acceptance_features(position, dist)
         accept = self.predict(features)
         risk = 1.0 - self._survive * accept
         self._last_risk = risk
@@ -250,19 +280,9 @@ class AcceptancePredictorStop:
             return
         self._examples.extend((f, i < accepted) for i, f in enumerate(features[: accepted + 1]))
         del self._examples[: -self.window]
-        self._fit()
-        self._reason = (f"{accepted} of {drafted} accepted; predictor refitted on {len(self._examples)} checked tokens "
-                        f"(stop when P(some drafted token rejected) > {self.stop_threshold:.2f})")
-
-    def _fit(self, steps: int = 4) -> None:
-        """A few Newton steps of logistic regression with an L2 pull towards the prior."""
         x = torch.tensor([f for f, _ in self._examples], dtype=torch.float64)  # [n, 4]
         y = torch.tensor([float(ok) for _, ok in self._examples], dtype=torch.float64)  # [n]
-        w = self.weights.clone()
-        eye = torch.eye(x.shape[1], dtype=torch.float64)
-        for _ in range(steps):
-            p = torch.sigmoid(x @ w)
-            grad = x.T @ (p - y) + self.l2 * (w - self.prior)
-            hessian = x.T @ (x * (p * (1 - p))[:, None]) + self.l2 * eye
-            w = w - torch.linalg.solve(hessian, grad)
-        self.weights = w
+        self.weights = fit_logistic(x, y, self.prior, self.l2)
+        self._reason = (f"{accepted} of {drafted} accepted; predictor ({self.source}) refitted on "
+                        f"{len(self._examples)} checked tokens (stop when P(some drafted token rejected) > "
+                        f"{self.stop_threshold:.2f})")

@@ -294,3 +294,26 @@ def kangaroo_agreement(target: LoadedModel, folder: Path | str | None = None) ->
         measured = heldout.get(f"{KANGAROO}:{layer}", {}).get("after", {}).get("full", {}).get("greedy")
         out[int(layer)] = float(measured) if isinstance(measured, (int, float)) else 0.5
     return out
+
+
+# --------------------------------------------------------------------------- SpecDec++ acceptance predictors
+
+PREDICTOR_FILE = "acceptance_predictor.json"
+
+
+def predictor_key(drafter: str, vocab_trim: int) -> str:
+    """How a predictor is filed: the drafter spec and its VocabTrim, e.g. "distilled:vocab_trim=8192"."""
+    return f"{drafter}:vocab_trim={vocab_trim}"
+
+
+def load_acceptance_predictor(target_name: str, drafter: str, vocab_trim: int,
+                              folder: Path | str | None = None) -> list[float] | None:
+    """The trained weights of SpecDec++'s acceptance predictor for this target and drafter, or None if none was trained."""
+    path = Path(folder or drafters_dir(target_name)) / PREDICTOR_FILE
+    if not path.is_file():
+        return None
+    try:
+        entry = json.loads(path.read_text()).get("predictors", {}).get(predictor_key(drafter, vocab_trim))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"unreadable acceptance predictor file {path}: {exc}") from None
+    return [float(w) for w in entry["weights"]] if entry else None

@@ -1,4 +1,4 @@
-"""Command line: `specviz run`, `specviz strategies`, `specviz bench`, `specviz train-drafter`.
+"""Command line: `specviz run`, `specviz strategies`, `specviz bench`, `specviz train-drafter`, `specviz train-predictor`.
 
 User mistakes (bad parameters, empty prompts, unknown models) print one line to stderr and exit
 with status 2; nothing prints a traceback for them.
@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("bench", help="benchmark strategies on the prompt suite (specviz bench --help)", add_help=False)
     sub.add_parser("train-drafter", help="train small drafters for a target (specviz train-drafter --help)", add_help=False)
+    sub.add_parser("train-predictor", help="fit SpecDec++'s acceptance predictor (specviz train-predictor --help)",
+                   add_help=False)
     return parser
 
 
@@ -142,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
             from .training.distill import main as train_main
 
             return train_main(argv[1:])
+        if argv[:1] == ["train-predictor"]:
+            from .training.predictor import main as predictor_main
+
+            return predictor_main(argv[1:])
         try:
             args = build_parser().parse_args(argv)
         except SystemExit as exc:  # argparse's usage errors and --help

@@ -214,3 +214,65 @@ def test_oracle_of_a_real_run_never_beats_itself(tiny_target, exit1):
     assert len(report.steps) == len(result.events)
     assert all(s.oracle_k <= s.drafted and s.oracle_s <= s.actual_s + 1e-12 for s in report.steps)
     assert report.oracle_tokens_per_s >= report.actual_tokens_per_s * (1 - 1e-9)
+
+
+# --------------------------------------------------------------------------- the trained SpecDec++ predictor
+
+
+def test_fit_logistic_recovers_a_separable_rule():
+    from engine.policies import HAND_SET_PRIOR, fit_logistic
+
+    generator = torch.Generator().manual_seed(0)
+    top = torch.rand(400, generator=generator, dtype=torch.float64)
+    x = torch.stack([torch.ones(400, dtype=torch.float64), top, 1 - top, torch.zeros(400, dtype=torch.float64)], 1)
+    y = (top > 0.7).double()
+    w = fit_logistic(x, y, torch.tensor(HAND_SET_PRIOR, dtype=torch.float64), l2=1e-3, steps=25)
+    predicted = torch.sigmoid(x @ w) > 0.5
+    assert (predicted.double() == y).double().mean() > 0.97
+
+
+def test_specdec_starts_from_trained_weights_when_given(tmp_path):
+    import json
+
+    from engine.api import length_policy
+    from engine.trained_drafters import PREDICTOR_FILE, load_acceptance_predictor
+
+    (tmp_path / PREDICTOR_FILE).write_text(json.dumps(
+        {"format": 1, "predictors": {"distilled:vocab_trim=8192": {"weights": [-6.0, 9.0, 0.0, 0.0]}}}))
+    trained = load_acceptance_predictor("t", "distilled", 8192, folder=tmp_path)
+    assert trained == [-6.0, 9.0, 0.0, 0.0]
+    assert load_acceptance_predictor("t", "distilled", 0, folder=tmp_path) is None  # another VocabTrim: not trained
+    assert load_acceptance_predictor("t", "distilled", 8192, folder=tmp_path / "none") is None
+    policy = length_policy(parse_strategy("draft_model", {"length_policy": "specdec"}), trained)
+    _, reason, inputs = policy.decide()
+    assert inputs["predictor"] == "trained offline" and "trained offline" in reason
+    assert inputs["weights"]["top probability"] == 9.0
+    assert length_policy(parse_strategy("draft_model", {"length_policy": "specdec"})).decide()[2]["predictor"] == "hand-set prior"
+
+
+def test_shipped_predictor_beats_the_hand_set_prior_on_held_out_prompts():
+    import json
+
+    from engine.trained_drafters import PREDICTOR_FILE, drafters_dir
+
+    entry = json.loads((drafters_dir("smollm2-135m-instruct") / PREDICTOR_FILE).read_text())["predictors"][
+        "distilled:vocab_trim=8192"]
+    assert len(entry["weights"]) == 4 and entry["heldout_examples"] > 100
+    held = entry["heldout"]
+    assert held["trained"]["log_loss"] < held["hand_set_prior"]["log_loss"]
+
+
+@pytest.mark.slow
+def test_train_predictor_command_on_a_tiny_budget(tmp_path, capsys):
+    import json
+
+    from specviz import cli
+
+    code = cli.main(["train-predictor", "--out", str(tmp_path), "--prompts", "3", "--max-new-tokens", "12", "--k", "4",
+                     "--quiet"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "checked tokens from 3 prompts" in out
+    entry = json.loads((tmp_path / "acceptance_predictor.json").read_text())["predictors"]["distilled:vocab_trim=8192"]
+    assert len(entry["weights"]) == 4 and entry["train_examples"] > 0 and entry["k"] == 4
+    assert cli.main(["train-predictor", "--out", str(tmp_path), "--prompts", "1"]) == 2  # too few prompts: a clear error
