@@ -195,7 +195,7 @@ def draft_length_figure(events: Sequence[StepEvent], empty_message: str = "Run a
     )
     fig.update_xaxes(title_text="step", rangemode="tozero", dtick=max(1, math.ceil(len(steps) / 12)), row=1, col=1)
     fig.update_yaxes(title_text="tokens", rangemode="tozero", row=1, col=1, secondary_y=False)
-    fig.update_xaxes(title_text="acceptance rate a", range=[0, 1], tickformat=".0%", dtick=0.25, row=1, col=2)
+    fig.update_xaxes(title_text="acceptance rate a", range=[-0.03, 1.05], tickformat=".0%", dtick=0.25, row=1, col=2)
     fig.update_yaxes(title_text="tokens per step, or x baseline", rangemode="tozero", row=1, col=2)
     if not events:
         fig.add_annotation(text=empty_message, xref="paper", yref="paper", x=0.5, y=0.5, showarrow=False,
@@ -230,9 +230,10 @@ def _add_expectation(fig: go.Figure, events: Sequence[StepEvent]) -> None:
                              name=f"speedup bound, cost ratio c = {c:.2f}", line=dict(color=GREEN, width=2, dash="dash"),
                              hovertemplate="a = %{x:.0%}: at most %{y:.2f}x the baseline<extra></extra>"), row=1, col=2)
     a = metrics.acceptance_rate or 0.0
-    fig.add_trace(go.Scatter(x=[a], y=[metrics.mean_acceptance_length], mode="markers", name="this run (measured)",
+    per_drafting_step = 1 + metrics.accepted / len(drafting)  # like E[...], over the steps that drafted
+    fig.add_trace(go.Scatter(x=[a], y=[per_drafting_step], mode="markers", name="this run (measured)",
                              marker=dict(symbol="star", size=13, color=VERMILLION, line=dict(color=BLACK, width=1)),
-                             hovertemplate=(f"measured: acceptance rate %{{x:.0%}}, %{{y:.2f}} tokens per step"
+                             hovertemplate=(f"measured: acceptance rate %{{x:.0%}}, %{{y:.2f}} tokens per drafting step"
                                             f"<br>cost ratio c = {c:.2f} (drafting per token / verification per step)"
                                             "<extra></extra>")), row=1, col=2)
 

@@ -268,7 +268,8 @@ def test_draft_length_figure_shows_choice_draft_acceptance_oracle_and_signal():
     theory = list(by_name)[5:]
     assert theory[0] == "E[tokens per step], K = 3" and theory[1].startswith("speedup bound, cost ratio c = ")
     measured = by_name["this run (measured)"]
-    assert list(measured.x) == pytest.approx([3 / 5]) and list(measured.y) == pytest.approx([1 + 3 / 3])
+    # 3 of 5 drafted tokens accepted over the 2 steps that drafted (the baseline step does not count, as in E[...])
+    assert list(measured.x) == pytest.approx([3 / 5]) and list(measured.y) == pytest.approx([1 + 3 / 2])
     assert list(by_name["drafted"].y) == [e.num_drafted for e in steps]
     assert list(by_name["accepted"].y) == [1, 2, 0]
     assert list(by_name["chosen length"].y) == [3, 3, 3]
