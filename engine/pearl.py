@@ -46,35 +46,16 @@ from .decoding import SpeculativeDecoder, commit, drafted_tokens, output_token, 
 from .detokenize import IncrementalDetokenizer
 from .events import LengthDecision, NewToken, PhaseTimings, StepEvent, WorkerPhase
 from .models import LoadedModel
-from .sampling import SamplingConfig, check_finite, logits_to_probs, sample
+from .proposers.draft_model import DraftModelProposer
+from .sampling import SamplingConfig
 
 
-class _Drafter:
-    """The drafter's KV cache and sampling; its cache always holds a prefix of what it is asked to continue."""
-
-    def __init__(self, model: torch.nn.Module, sampling: SamplingConfig, generator: torch.Generator):
-        self.lm = CachedCausalLM(model)
-        self.sampling = sampling
-        self.generator = generator
-
-    def draft(self, context: list[int], n: int, clock) -> tuple[list[int], list[torch.Tensor], WorkerPhase]:
-        """n tokens continuing `context`, their distributions [vocab] each, and when the work ran."""
-        started = clock()
-        logits = self.lm.forward(context[self.lm.cached_length :])[-1]
-        tokens: list[int] = []
-        probs: list[torch.Tensor] = []
-        for i in range(n):
-            check_finite(logits, "drafter")
-            dist = logits_to_probs(logits[None], self.sampling)[0]
-            token = int(dist.argmax()) if self.sampling.greedy else sample(dist, self.generator)
-            tokens.append(token)
-            probs.append(dist)
-            if i + 1 < n:
-                logits = self.lm.forward([token])[-1]
-        return tokens, probs, WorkerPhase("drafter", "draft", started, clock())
-
-    def rollback(self, keep: int) -> None:
-        self.lm.rollback(min(self.lm.cached_length, keep))
+def _draft(drafter: DraftModelProposer, context: list[int], n: int, sampling: SamplingConfig,
+           generator: torch.Generator, clock) -> tuple[list[int], torch.Tensor | None, WorkerPhase]:
+    """n drafted tokens continuing `context`, their distributions [n, vocab], and when the work ran."""
+    started = clock()
+    proposal = drafter.propose(context, n, sampling, generator)
+    return proposal.token_ids, proposal.draft_probs, WorkerPhase("drafter", "draft", started, clock())
 
 
 class PearlDecoder(SpeculativeDecoder):
@@ -90,7 +71,8 @@ class PearlDecoder(SpeculativeDecoder):
         sampling, window, eos_ids = self.sampling, self.target.context_window, self.target.eos_token_ids
         generator = sampling.make_generator()  # the verifier's
         drafter_generator = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
-        drafter = _Drafter(self.drafter_model, sampling, drafter_generator)
+        drafter = DraftModelProposer(self.drafter_model)
+        drafter.start(list(prompt_ids))
         detok = IncrementalDetokenizer(self.target.tokenizer, prompt_ids)
         target = CachedCausalLM(self.target.model)
         tokens = list(prompt_ids)
@@ -102,7 +84,7 @@ class PearlDecoder(SpeculativeDecoder):
             target.forward(tokens[:-1])
             prefill_forwards = 1
         block: list[int] = []  # drafted tokens continuing `tokens`, not yet verified
-        block_probs: list[torch.Tensor] = []
+        block_probs: torch.Tensor | None = None  # [len(block), vocab]
         produced, step = 0, 0
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="specviz-pearl-drafter") as worker:
             while True:
@@ -112,11 +94,12 @@ class PearlDecoder(SpeculativeDecoder):
                 # 1. pre-verify needs a first token to check: the drafter drafts it alone
                 mode = "post-verify" if block else "pre-verify"
                 if not block and budget > 1:
-                    block, block_probs, phase = drafter.draft(tokens, 1, clock)
+                    block, block_probs, phase = _draft(drafter, tokens, 1, sampling, drafter_generator, clock)
                     phases.append(phase)
                 continuation = self.gamma - 1 if mode == "pre-verify" else self.gamma
                 if len(block) > budget - 1:  # the budget cuts the block: nothing to draft beyond it
-                    block, block_probs, continuation = block[: max(0, budget - 1)], block_probs[: max(0, budget - 1)], 0
+                    block, continuation = block[: max(0, budget - 1)], 0
+                    block_probs = block_probs[: len(block)] if block else None
                 if not block:
                     continuation = 0
                 reason = (
@@ -129,12 +112,12 @@ class PearlDecoder(SpeculativeDecoder):
                 drafted_at = clock()
 
                 # 2. the drafter drafts the continuation on its worker while the target verifies here
-                future = worker.submit(drafter.draft, tokens + block, continuation, clock) if continuation else None
-                draft_probs = torch.stack(block_probs) if block_probs else None  # [len(block), vocab]
-                target_probs, verdict = verify_chain(target, tokens[-1], block, draft_probs, sampling, generator)
+                future = (worker.submit(_draft, drafter, tokens + block, continuation, sampling, drafter_generator, clock)
+                          if continuation else None)
+                target_probs, verdict = verify_chain(target, tokens[-1], block, block_probs, sampling, generator)
                 verified_at = clock()
                 phases.append(WorkerPhase("target", "verify", drafted_at, verified_at))
-                next_block, next_probs = [], []
+                next_block, next_probs = [], None
                 if future is not None:
                     next_block, next_probs, phase = future.result()
                     phases.append(phase)
@@ -149,15 +132,15 @@ class PearlDecoder(SpeculativeDecoder):
                 if stop_reason is None:
                     target.rollback(context_length + n)
                     if block and n == len(block) and next_block and next_block[0] == verdict.next_token:
-                        kept, kept_probs = next_block[1:], next_probs[1:]
+                        kept, kept_probs = next_block[1:], (next_probs[1:] if len(next_block) > 1 else None)
                     else:
-                        kept, kept_probs = [], []
-                        drafter.rollback(context_length + n)
+                        kept, kept_probs = [], None
+                        drafter.crop(context_length + n)
                 event = StepEvent(
                     index=step,
                     context_length=context_length,
                     decision=decision,
-                    draft=drafted_tokens(block, draft_probs, target_probs, verdict, detok, sampling),
+                    draft=drafted_tokens(block, block_probs, target_probs, verdict, detok, sampling),
                     output=output_token(verdict, target_probs[n], bool(block), detok, sampling),
                     new_tokens=tuple(NewToken(t, detok.push(t), kind) for t, kind in zip(committed, kinds)),
                     target_forwards=1 + (prefill_forwards if step == 0 else 0),

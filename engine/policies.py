@@ -247,7 +247,6 @@ class AcceptancePredictorStop:
         self._reason = (f"draft while P(some drafted token rejected) <= {stop_threshold:.2f}, up to {max_k} "
                         f"(predictor: {self.source})")
 
-    _features = staticmethod(acceptance_features)
 
     def predict(self, features: list[float]) -> float:
         return float(torch.sigmoid(torch.tensor(features, dtype=torch.float64) @ self.weights))

@@ -13,7 +13,7 @@ from conftest import chi_square_critical, chi_square_statistic
 from engine import SamplingConfig, SpeculativeDecoder, early_exit_drafter, run_to_completion
 from engine.api import build_decoder
 from engine.errors import ConfigError
-from engine.policies import AcceptanceFeedbackLength, AcceptancePredictorStop, ConfidenceStop
+from engine.policies import AcceptanceFeedbackLength, AcceptancePredictorStop, ConfidenceStop, acceptance_features
 from engine.proposers import DraftModelProposer
 from engine.strategies import parse_strategy
 from test_engine_tiny import ALPHA, N_RUNS, PROMPTS, SAMPLINGS, exact_first_two, lookup_friendly_prompt
@@ -85,7 +85,7 @@ def test_predictor_stop_learns_that_confident_tokens_are_accepted():
         policy.update(2, 2)
         assert policy.should_stop(0, peaked(0.35)) is None
         policy.update(1, 0)
-    sure, unsure = policy.predict(policy._features(1, peaked(0.95))), policy.predict(policy._features(1, peaked(0.35)))
+    sure, unsure = policy.predict(acceptance_features(1, peaked(0.95))), policy.predict(acceptance_features(1, peaked(0.35)))
     assert sure > 0.8 and unsure < 0.3, (sure, unsure)
     assert policy.should_stop(0, peaked(0.95)) is None
     reason = policy.should_stop(1, peaked(0.35))

@@ -72,5 +72,9 @@ class DraftModelProposer:
         return Proposal(tokens, torch.stack(probs) if probs else None, info)
 
     def observe(self, num_accepted: int) -> None:
+        self.crop(self._context_length + num_accepted)
+
+    def crop(self, keep: int) -> None:
+        """Keep at most the first `keep` context tokens in the drafter's cache."""
         assert self.lm is not None
-        self.lm.rollback(min(self.lm.cached_length, self._context_length + num_accepted))
+        self.lm.rollback(min(self.lm.cached_length, keep))
