@@ -8,6 +8,7 @@ go into the step event, the SQLite log and the explorer.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -28,8 +29,11 @@ class DraftLengthPolicy(Protocol):
 class DraftStopRule(Protocol):
     """An in-draft stopping rule (confidence stop, SpecDec++): model drafters ask it before each token."""
 
-    def should_stop(self, position: int, dist: torch.Tensor) -> str | None:
-        """Before drafting `position`, given the drafter's distribution there [vocab]: a reason to stop, or None."""
+    uses_hidden_state: bool  # True: the drafter passes its last hidden state to should_stop
+
+    def should_stop(self, position: int, dist: torch.Tensor, hidden: torch.Tensor | None = None) -> str | None:
+        """Before drafting `position`, given the drafter's distribution there [vocab] (and its final
+        hidden state [hidden_size] when `uses_hidden_state`): a reason to stop, or None."""
 
 
 class ConstantLength:
@@ -144,7 +148,9 @@ class ConfidenceStop:
                   "labelled_rejected": len(self._history) - accepted}
         return self.max_k, self._reason, inputs
 
-    def should_stop(self, position: int, dist: torch.Tensor) -> str | None:
+    uses_hidden_state = False
+
+    def should_stop(self, position: int, dist: torch.Tensor, hidden: torch.Tensor | None = None) -> str | None:
         """Called before drafting position `position` with the drafter's distribution there ([vocab])."""
         confidence = float(dist.max())
         if position > 0 and confidence < self.threshold:
@@ -186,11 +192,42 @@ ACCEPTANCE_FEATURES = ("bias", "top probability", "normalised entropy", "positio
 HAND_SET_PRIOR = (-2.0, 4.0, 0.0, 0.0)  # p(accept) ~ sigmoid(4 * top probability - 2): 0.12 at 0, 0.88 at 1
 
 
-def acceptance_features(position: int, dist: torch.Tensor) -> list[float]:
-    """SpecDec++'s features of a drafted position: [1, top probability, entropy / ln vocab, position / 8]."""
+@dataclass(frozen=True)
+class HiddenStateProjection:
+    """The drafter's final hidden state projected on a few whitened principal directions.
+
+    Fitted by `specviz train-predictor` on the hidden states of drafted tokens:
+    feature_j = components[j] . (hidden - mean), with each row of `components` scaled so the
+    feature has unit variance on the training data.
+    """
+
+    mean: torch.Tensor  # [hidden_size]
+    components: torch.Tensor  # [n_components, hidden_size]
+
+    def __call__(self, hidden: torch.Tensor) -> list[float]:  # hidden: [hidden_size]
+        return (self.components @ (hidden.double() - self.mean)).tolist()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(f"hidden PC{j + 1}" for j in range(self.components.shape[0]))
+
+
+@dataclass(frozen=True)
+class TrainedPredictor:
+    """SpecDec++ weights fitted offline for one target and drafter, over ACCEPTANCE_FEATURES (+ the projection's)."""
+
+    weights: tuple[float, ...]
+    projection: HiddenStateProjection | None = None
+
+
+def acceptance_features(position: int, dist: torch.Tensor, hidden: torch.Tensor | None = None,
+                        projection: HiddenStateProjection | None = None) -> list[float]:
+    """SpecDec++'s features of a drafted position: [1, top probability, entropy / ln vocab, position / 8],
+    then the projected hidden state when a projection is given (`hidden` is then required)."""
     p = dist.double().clamp_min(1e-12)
     entropy = float(-(p * p.log()).sum()) / math.log(max(2, p.shape[-1]))
-    return [1.0, float(dist.max()), entropy, position / 8.0]
+    base = [1.0, float(dist.max()), entropy, position / 8.0]
+    return base if projection is None else base + projection(hidden)
 
 
 def fit_logistic(
@@ -215,8 +252,9 @@ class AcceptancePredictorStop:
     """SpecDec++: stop drafting when the predicted chance that some drafted token is rejected exceeds a threshold.
 
     A logistic acceptance predictor p(accept | features) over the drafter's features at each
-    position (`acceptance_features`: top probability, normalised entropy, position in the draft).
-    The proposer calls `should_stop(position, dist)` before each token; with p_0..p_i the
+    position (`acceptance_features`: top probability, normalised entropy, position in the draft,
+    and, with a trained predictor, the drafter's final hidden state projected on a few principal
+    directions). The proposer calls `should_stop(position, dist, hidden)` before each token; with p_0..p_i the
     predictions for the tokens so far and the next one, drafting stops when
     1 - p_0 * ... * p_i > stop_threshold (position 0 is always drafted). The decision uses only
     the drafter's distributions, so verification stays lossless.
@@ -225,20 +263,25 @@ class AcceptancePredictorStop:
     assets/drafters/<target>/acceptance_predictor.json); they are the starting point and the prior.
     Without them the prior is hand-set (HAND_SET_PRIOR). Either way the predictor keeps learning
     online: every checked token is a labelled example, and after each step the weights are refitted
-    on the recent window (`fit_logistic`, an L2 pull towards the prior). The drafter's hidden state
-    is not a feature yet.
+    on the recent window (`fit_logistic`, an L2 pull towards the prior). The hidden-state
+    projection comes only with trained weights: the online fallback has no data to choose
+    directions from before its first verdicts, so it uses the first four features.
     """
 
-    FEATURES = ACCEPTANCE_FEATURES
-
     def __init__(self, max_k: int, stop_threshold: float = 0.5, window: int = 256, l2: float = 1.0,
-                 trained: list[float] | None = None):
+                 trained: TrainedPredictor | None = None):
         self.max_k = max_k
         self.stop_threshold = stop_threshold
         self.window = window
         self.l2 = l2
-        self.source = "trained offline" if trained is not None else "hand-set prior"
-        self.prior = torch.tensor(trained if trained is not None else HAND_SET_PRIOR, dtype=torch.float64)
+        self.projection = trained.projection if trained is not None else None
+        self.uses_hidden_state = self.projection is not None
+        self.feature_names = ACCEPTANCE_FEATURES + (self.projection.names if self.projection is not None else ())
+        self.source = ("trained offline" + (" with the hidden state" if self.uses_hidden_state else "")
+                       if trained is not None else "hand-set prior")
+        self.prior = torch.tensor(trained.weights if trained is not None else HAND_SET_PRIOR, dtype=torch.float64)
+        if self.prior.shape[0] != len(self.feature_names):
+            raise ValueError(f"{self.prior.shape[0]} predictor weights for {len(self.feature_names)} features")
         self.weights = self.prior.clone()
         self._examples: list[tuple[list[float], bool]] = []
         self._drafted: list[list[float]] = []  # features of the tokens drafted this step
@@ -247,7 +290,6 @@ class AcceptancePredictorStop:
         self._reason = (f"draft while P(some drafted token rejected) <= {stop_threshold:.2f}, up to {max_k} "
                         f"(predictor: {self.source})")
 
-
     def predict(self, features: list[float]) -> float:
         return float(torch.sigmoid(torch.tensor(features, dtype=torch.float64) @ self.weights))
 
@@ -255,14 +297,14 @@ class AcceptancePredictorStop:
         inputs = {"max_k": self.max_k, "stop_threshold": self.stop_threshold,
                   "signal": None if self._last_risk is None else round(self._last_risk, 4),
                   "signal_name": "predicted P(a drafted token is rejected) where drafting stopped",
-                  "weights": dict(zip(self.FEATURES, (round(float(w), 4) for w in self.weights))),
+                  "weights": dict(zip(self.feature_names, (round(float(w), 4) for w in self.weights))),
                   "predictor": self.source, "examples": len(self._examples)}
         return self.max_k, self._reason, inputs
 
-    def should_stop(self, position: int, dist: torch.Tensor) -> str | None:
+    def should_stop(self, position: int, dist: torch.Tensor, hidden: torch.Tensor | None = None) -> str | None:
         if position == 0:
             self._survive = 1.0
-        features = acceptance_features(position, dist)
+        features = acceptance_features(position, dist, hidden, self.projection)
         accept = self.predict(features)
         risk = 1.0 - self._survive * accept
         self._last_risk = risk
@@ -279,7 +321,7 @@ class AcceptancePredictorStop:
             return
         self._examples.extend((f, i < accepted) for i, f in enumerate(features[: accepted + 1]))
         del self._examples[: -self.window]
-        x = torch.tensor([f for f, _ in self._examples], dtype=torch.float64)  # [n, 4]
+        x = torch.tensor([f for f, _ in self._examples], dtype=torch.float64)  # [n, features]
         y = torch.tensor([float(ok) for _, ok in self._examples], dtype=torch.float64)  # [n]
         self.weights = fit_logistic(x, y, self.prior, self.l2)
         self._reason = (f"{accepted} of {drafted} accepted; predictor ({self.source}) refitted on "

@@ -18,6 +18,7 @@ Either head can be trimmed to the target's N most frequent tokens (`vocab_trim=N
     distilled.json, distilled.safetensors   own layers + norm ("layers.<i>.*", "norm.weight")
     kangaroo.json, kangaroo.safetensors     per exit layer e: "exit<e>.layers.<e>.*", "exit<e>.norm.weight"
     token_frequency.safetensors             the VocabTrim list
+    acceptance_predictor.json (+ .safetensors) SpecDec++ predictors, by `specviz train-predictor`
 """
 
 from __future__ import annotations
@@ -31,7 +32,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
 from .errors import ModelLoadError
+from .policies import HiddenStateProjection, TrainedPredictor
 from .models import EMBEDDED_DEFAULT, LoadedModel, meta_causal_lm
 from .vocab_trim import FREQUENCY_FILE, TrimmedHead, kept_ids, load_frequency_order
 
@@ -236,7 +241,6 @@ def load_trained_drafter(target: LoadedModel, spec: str, vocab_trim: int = 0, fo
     only the N most frequent target tokens in the drafter's head (0 = the full vocabulary).
     Raises ModelLoadError when the folder has no such drafter or N is out of range.
     """
-    from safetensors.torch import load_file
 
     parsed = DrafterSpec.parse(spec)
     folder = Path(folder) if folder is not None else drafters_dir(target.name)
@@ -299,6 +303,7 @@ def kangaroo_agreement(target: LoadedModel, folder: Path | str | None = None) ->
 # --------------------------------------------------------------------------- SpecDec++ acceptance predictors
 
 PREDICTOR_FILE = "acceptance_predictor.json"
+PROJECTION_FILE = "acceptance_predictor.safetensors"  # hidden-state projections: "<key>.mean", "<key>.components"
 
 
 def predictor_key(drafter: str, vocab_trim: int) -> str:
@@ -307,13 +312,21 @@ def predictor_key(drafter: str, vocab_trim: int) -> str:
 
 
 def load_acceptance_predictor(target_name: str, drafter: str, vocab_trim: int,
-                              folder: Path | str | None = None) -> list[float] | None:
-    """The trained weights of SpecDec++'s acceptance predictor for this target and drafter, or None if none was trained."""
-    path = Path(folder or drafters_dir(target_name)) / PREDICTOR_FILE
+                              folder: Path | str | None = None) -> TrainedPredictor | None:
+    """SpecDec++'s acceptance predictor trained for this target and drafter (weights and, if it
+    was trained with one, the hidden-state projection), or None if none was trained."""
+    folder = Path(folder or drafters_dir(target_name))
+    path, key = folder / PREDICTOR_FILE, predictor_key(drafter, vocab_trim)
     if not path.is_file():
         return None
     try:
-        entry = json.loads(path.read_text()).get("predictors", {}).get(predictor_key(drafter, vocab_trim))
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"unreadable acceptance predictor file {path}: {exc}") from None
-    return [float(w) for w in entry["weights"]] if entry else None
+        entry = json.loads(path.read_text()).get("predictors", {}).get(key)
+        if not entry:
+            return None
+        projection = None
+        if entry.get("hidden_components"):
+            tensors = load_file(str(folder / PROJECTION_FILE))
+            projection = HiddenStateProjection(tensors[f"{key}.mean"].double(), tensors[f"{key}.components"].double())
+    except (OSError, ValueError, KeyError, SafetensorError) as exc:
+        raise ModelLoadError(f"unreadable acceptance predictor for {key} in {folder}: {exc}") from None
+    return TrainedPredictor(tuple(float(w) for w in entry["weights"]), projection)

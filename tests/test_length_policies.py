@@ -13,7 +13,14 @@ from conftest import chi_square_critical, chi_square_statistic
 from engine import SamplingConfig, SpeculativeDecoder, early_exit_drafter, run_to_completion
 from engine.api import build_decoder
 from engine.errors import ConfigError
-from engine.policies import AcceptanceFeedbackLength, AcceptancePredictorStop, ConfidenceStop, acceptance_features
+from engine.policies import (
+    AcceptanceFeedbackLength,
+    AcceptancePredictorStop,
+    ConfidenceStop,
+    HiddenStateProjection,
+    TrainedPredictor,
+    acceptance_features,
+)
 from engine.proposers import DraftModelProposer
 from engine.strategies import parse_strategy
 from test_engine_tiny import ALPHA, N_RUNS, PROMPTS, SAMPLINGS, exact_first_two, lookup_friendly_prompt
@@ -102,19 +109,29 @@ def exit1(tiny_target):
     return early_exit_drafter(tiny_target, 1).model
 
 
-def _policies(max_k: int = 6):
+def hidden_predictor(hidden_size: int, n_components: int = 3, **kwargs) -> AcceptancePredictorStop:
+    """SpecDec++ with a random hidden-state projection and weights that lean on it."""
+    generator = torch.Generator().manual_seed(7)
+    projection = HiddenStateProjection(torch.zeros(hidden_size, dtype=torch.float64),
+                                       torch.randn(n_components, hidden_size, generator=generator, dtype=torch.float64))
+    weights = (-1.0, 3.0, 0.0, 0.0) + tuple(0.5 for _ in range(n_components))
+    return AcceptancePredictorStop(trained=TrainedPredictor(weights, projection), **kwargs)
+
+
+def _policies(hidden_size: int, max_k: int = 6):
     return {
         "feedback": AcceptanceFeedbackLength(3, max_k),
         "confidence": ConfidenceStop(max_k),
         "specdec": AcceptancePredictorStop(max_k),
+        "specdec_hidden": hidden_predictor(hidden_size, max_k=max_k),
     }
 
 
-@pytest.mark.parametrize("name", ["feedback", "confidence", "specdec"])
+@pytest.mark.parametrize("name", ["feedback", "confidence", "specdec", "specdec_hidden"])
 @pytest.mark.parametrize("prompt", PROMPTS[:2])
 def test_greedy_equals_baseline_and_every_step_records_its_signal(name, prompt, tiny_target, exit1):
     baseline = run_to_completion(SpeculativeDecoder(tiny_target), prompt, 30).token_ids
-    policy = _policies()[name]
+    policy = _policies(tiny_target.model.config.hidden_size)[name]
     proposer = DraftModelProposer(exit1, stop_rule=policy if name != "feedback" else None)
     result = run_to_completion(SpeculativeDecoder(tiny_target, proposer, policy, SamplingConfig()), prompt, 30)
     assert result.token_ids == baseline
@@ -137,9 +154,9 @@ def _stop_policy(make):
 @pytest.mark.parametrize("sampling_name", list(SAMPLINGS))
 @pytest.mark.parametrize(
     "make",
-    [lambda: ConfidenceStop(2, threshold=0.35), lambda: AcceptancePredictorStop(2, stop_threshold=0.4),
-     lambda: AcceptanceFeedbackLength(2, 3)],
-    ids=["confidence", "specdec", "feedback"],
+    [lambda h: ConfidenceStop(2, threshold=0.35), lambda h: AcceptancePredictorStop(2, stop_threshold=0.4),
+     lambda h: hidden_predictor(h, max_k=2, stop_threshold=0.4), lambda h: AcceptanceFeedbackLength(2, 3)],
+    ids=["confidence", "specdec", "specdec_hidden", "feedback"],
 )
 def test_sampling_first_two_tokens_follow_the_target(make, sampling_name, tiny_target, exit1):
     settings = SAMPLINGS[sampling_name]
@@ -148,7 +165,7 @@ def test_sampling_first_two_tokens_follow_the_target(make, sampling_name, tiny_t
     expected = exact_first_two(tiny_target.model, prompt, reference)
 
     def build():
-        policy = make()
+        policy = make(tiny_target.model.config.hidden_size)
         stop_rule = None if isinstance(policy, AcceptanceFeedbackLength) else policy
         return DraftModelProposer(exit1, stop_rule=stop_rule), policy
 
@@ -157,6 +174,49 @@ def test_sampling_first_two_tokens_follow_the_target(make, sampling_name, tiny_t
     stat, df = chi_square_statistic(counts, expected, N_RUNS)
     critical = chi_square_critical(df, ALPHA)
     assert stat < critical, f"chi-square {stat:.1f} >= {critical:.1f} (df {df})"
+
+
+def test_the_drafter_hands_its_final_hidden_state_to_rules_that_use_it(tiny_target, exit1):
+    class Recorder:
+        uses_hidden_state = True
+
+        def __init__(self):
+            self.seen = []
+
+        def should_stop(self, position, dist, hidden=None):
+            self.seen.append((position, hidden))
+            return None
+
+    recorder = Recorder()
+    proposer = DraftModelProposer(exit1, stop_rule=recorder)
+    context = list(PROMPTS[0])
+    proposer.start(context)
+    proposal = proposer.propose(context, 3, SamplingConfig(), torch.Generator())
+    assert [p for p, _ in recorder.seen] == [0, 1, 2]
+    with torch.inference_mode():  # a fresh pass over the context + the first two drafts gives the same states
+        out = exit1(input_ids=torch.tensor([context + proposal.token_ids[:2]]), output_hidden_states=True)
+    final = out.hidden_states[-1][0]  # [positions, hidden_size]
+    for position, hidden in recorder.seen:
+        assert hidden.shape == (tiny_target.model.config.hidden_size,)
+        torch.testing.assert_close(hidden, final[len(context) - 1 + position], atol=1e-4, rtol=1e-4)
+    # rules that do not use it get None (and the drafter skips collecting it)
+    recorder.uses_hidden_state, recorder.seen = False, []
+    proposer.crop(len(context) - 1)  # as after a verdict: the last context token is new to the drafter
+    proposer.propose(context, 2, SamplingConfig(), torch.Generator())
+    assert [h for _, h in recorder.seen] == [None, None]
+
+
+def test_hidden_state_features_move_the_prediction(tiny_target):
+    policy = hidden_predictor(4, n_components=2, max_k=4)
+    assert policy.uses_hidden_state and policy.feature_names[-2:] == ("hidden PC1", "hidden PC2")
+    dist = peaked(0.6)
+    features = acceptance_features(1, dist, torch.ones(4), policy.projection)
+    assert len(features) == 6 and features[:4] == acceptance_features(1, dist)
+    low = policy.predict(acceptance_features(1, dist, -torch.ones(4), policy.projection))
+    high = policy.predict(acceptance_features(1, dist, torch.ones(4), policy.projection))
+    assert low != pytest.approx(high)
+    with pytest.raises(ValueError, match="weights for"):
+        AcceptancePredictorStop(4, trained=TrainedPredictor((0.0, 1.0, 0.0, 0.0), policy.projection))
 
 
 def test_in_draft_policies_need_a_model_drafter(tiny_target):
@@ -237,35 +297,55 @@ def test_specdec_starts_from_trained_weights_when_given(tmp_path):
     from engine.api import length_policy
     from engine.trained_drafters import PREDICTOR_FILE, load_acceptance_predictor
 
-    (tmp_path / PREDICTOR_FILE).write_text(json.dumps(
-        {"format": 1, "predictors": {"distilled:vocab_trim=8192": {"weights": [-6.0, 9.0, 0.0, 0.0]}}}))
+    from safetensors.torch import save_file
+
+    from engine.errors import ModelLoadError
+    from engine.trained_drafters import PROJECTION_FILE
+
+    (tmp_path / PREDICTOR_FILE).write_text(json.dumps({"format": 2, "predictors": {
+        "distilled:vocab_trim=8192": {"weights": [-6.0, 9.0, 0.0, 0.0]},
+        "kangaroo:4:vocab_trim=0": {"weights": [-6.0, 9.0, 0.0, 0.0, 2.0], "hidden_components": 1}}}))
     trained = load_acceptance_predictor("t", "distilled", 8192, folder=tmp_path)
-    assert trained == [-6.0, 9.0, 0.0, 0.0]
+    assert trained == TrainedPredictor((-6.0, 9.0, 0.0, 0.0), None)
     assert load_acceptance_predictor("t", "distilled", 0, folder=tmp_path) is None  # another VocabTrim: not trained
     assert load_acceptance_predictor("t", "distilled", 8192, folder=tmp_path / "none") is None
     policy = length_policy(parse_strategy("draft_model", {"length_policy": "specdec"}), trained)
     _, reason, inputs = policy.decide()
     assert inputs["predictor"] == "trained offline" and "trained offline" in reason
     assert inputs["weights"]["top probability"] == 9.0
+    assert not policy.uses_hidden_state
+    # a predictor trained with the hidden state: its projection comes from the safetensors file
+    with pytest.raises(ModelLoadError, match="kangaroo:4:vocab_trim=0"):  # the file is missing: a clear error
+        load_acceptance_predictor("t", "kangaroo:4", 0, folder=tmp_path)
+    save_file({"kangaroo:4:vocab_trim=0.mean": torch.zeros(6), "kangaroo:4:vocab_trim=0.components": torch.ones(1, 6)},
+              str(tmp_path / PROJECTION_FILE))
+    with_hidden = load_acceptance_predictor("t", "kangaroo:4", 0, folder=tmp_path)
+    assert with_hidden.projection.components.shape == (1, 6)
+    policy = length_policy(parse_strategy("kangaroo", {"length_policy": "specdec"}), with_hidden)
+    assert policy.uses_hidden_state and policy.decide()[2]["weights"]["hidden PC1"] == 2.0
     assert length_policy(parse_strategy("draft_model", {"length_policy": "specdec"})).decide()[2]["predictor"] == "hand-set prior"
 
 
 def test_shipped_predictor_beats_the_hand_set_prior_on_held_out_prompts():
     import json
 
-    from engine.trained_drafters import PREDICTOR_FILE, drafters_dir
+    from engine.trained_drafters import PREDICTOR_FILE, drafters_dir, load_acceptance_predictor
 
     entry = json.loads((drafters_dir("smollm2-135m-instruct") / PREDICTOR_FILE).read_text())["predictors"][
         "distilled:vocab_trim=8192"]
-    assert len(entry["weights"]) == 4 and entry["heldout_examples"] > 100
+    assert len(entry["weights"]) == 4 + entry["hidden_components"] and entry["hidden_components"] > 0
+    assert entry["heldout_examples"] > 100
     held = entry["heldout"]
     assert held["trained"]["log_loss"] < held["hand_set_prior"]["log_loss"]
+    trained = load_acceptance_predictor("smollm2-135m-instruct", "distilled", 8192)
+    assert trained.projection.components.shape[0] == entry["hidden_components"]
 
 
 @pytest.mark.slow
 def test_train_predictor_command_on_a_tiny_budget(tmp_path, capsys):
     import json
 
+    from engine.trained_drafters import load_acceptance_predictor
     from specviz import cli
 
     code = cli.main(["train-predictor", "--out", str(tmp_path), "--prompts", "3", "--max-new-tokens", "12", "--k", "4",
@@ -274,5 +354,7 @@ def test_train_predictor_command_on_a_tiny_budget(tmp_path, capsys):
     assert code == 0, err
     assert "checked tokens from 3 prompts" in out
     entry = json.loads((tmp_path / "acceptance_predictor.json").read_text())["predictors"]["distilled:vocab_trim=8192"]
-    assert len(entry["weights"]) == 4 and entry["train_examples"] > 0 and entry["k"] == 4
+    assert len(entry["weights"]) == 4 + entry["hidden_components"] and entry["train_examples"] > 0 and entry["k"] == 4
+    trained = load_acceptance_predictor("t", "distilled", 8192, folder=tmp_path)
+    assert trained.projection is not None and trained.projection.components.shape[0] == entry["hidden_components"] > 0
     assert cli.main(["train-predictor", "--out", str(tmp_path), "--prompts", "1"]) == 2  # too few prompts: a clear error

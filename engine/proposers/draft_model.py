@@ -38,7 +38,7 @@ class DraftModelProposer:
         assert self.lm is not None, "start() first"
         self._context_length = len(context)
         # 1. catch up on the context tokens the cache has not seen (1, or 2 after a full accept)
-        logits = self.lm.forward(context[self.lm.cached_length :])[-1]
+        logits, hidden = self._forward(context[self.lm.cached_length :])
         tokens: list[int] = []
         probs: list[torch.Tensor] = []
         info: dict = {}
@@ -57,7 +57,7 @@ class DraftModelProposer:
                 }
                 break
             # 4. the length policy's own stopping rule, if it has one (it also sees only the drafter's distribution)
-            reason = self.stop_rule.should_stop(i, dist) if self.stop_rule is not None else None
+            reason = self.stop_rule.should_stop(i, dist, hidden) if self.stop_rule is not None else None
             if reason is not None:
                 info = {"summary": f"stopped drafting at position {i}: {reason}", "stopped_at": i}
                 break
@@ -66,10 +66,17 @@ class DraftModelProposer:
             probs.append(dist)
             # 5. feed the drafted token, except after the last one (its logits would be wasted)
             if i + 1 < k:
-                logits = self.lm.forward([token])[-1]
+                logits, hidden = self._forward([token])
         if self.stop_below > 0 and not info:
             info = {"summary": f"drafted all {len(tokens)}: every top drafter probability >= {self.stop_below:.2f}"}
         return Proposal(tokens, torch.stack(probs) if probs else None, info)
+
+    def _forward(self, token_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The next-token logits [vocab] after token_ids, and the hidden state [hidden_size] if the stop rule uses it."""
+        if self.stop_rule is not None and self.stop_rule.uses_hidden_state:
+            logits, hidden = self.lm.forward_with_hidden(token_ids)
+            return logits[-1], hidden
+        return self.lm.forward(token_ids)[-1], None
 
     def observe(self, num_accepted: int) -> None:
         self.crop(self._context_length + num_accepted)
