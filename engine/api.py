@@ -20,12 +20,16 @@ from .policies import (
     ConstantLength,
     DraftLengthPolicy,
     HeuristicLength,
+    TrainedPredictor,
 )
 from .proposers import AdaptiveNgramProposer, DraftModelProposer, PromptLookupProposer
 from .proposers.dynamic_exit import DynamicExitProposer
 from .trained_drafters import kangaroo_agreement, load_acceptance_predictor
 from .proposers.retrieval import RetrievalProposer
 from .proposers.cross_vocab import CrossVocabProposer
+from .proposers.lookup_trees import FusedRetrievalTreeProposer, LookupTreeProposer
+from .proposers.model_trees import ModelTreeProposer, parse_branching
+from .tree_decoding import TreeDecoder
 from .sampling import SamplingConfig
 from .strategies import (
     AdaptiveNgramConfig,
@@ -34,11 +38,18 @@ from .strategies import (
     CrossVocabConfig,
     DraftModelConfig,
     DynamicExitConfig,
+    DynamicTreeConfig,
     EarlyExitConfig,
     KangarooConfig,
+    LookupTreeConfig,
+    ModelTreeDrafting,
     PearlConfig,
     PromptLookupConfig,
+    RasdTreeConfig,
     RetrievalConfig,
+    RsdConfig,
+    SpecTrConfig,
+    StaticTreeConfig,
     StrategyConfig,
 )
 from .strategies import IN_DRAFT_POLICIES, KANGAROO_PREFIX
@@ -65,10 +76,10 @@ def encode_prompt(tokenizer, prompt: str, raw: bool = False) -> list[int]:
     return list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
 
 
-def length_policy(strategy: ChainDrafting, trained_predictor: list[float] | None = None) -> DraftLengthPolicy:
+def length_policy(strategy: ChainDrafting, trained_predictor: TrainedPredictor | None = None) -> DraftLengthPolicy:
     """The draft-length policy a chain strategy names (constant, heuristic, feedback, confidence, specdec).
 
-    `trained_predictor`: SpecDec++ weights trained for this target and drafter (specdec only).
+    `trained_predictor`: SpecDec++'s predictor trained for this target and drafter (specdec only).
     """
     k, max_k = strategy.k, strategy.max_k
     return {
@@ -97,6 +108,8 @@ def build_decoder(
         return SpeculativeDecoder(target, None, None, sampling)
     if isinstance(strategy, DynamicExitConfig):
         return _dynamic_exit_decoder(strategy, target, models, sampling)
+    if isinstance(strategy, (ModelTreeDrafting, LookupTreeConfig)):
+        return _tree_decoder(strategy, target, models, sampling, progress, document)
     if isinstance(strategy, PearlConfig):
         drafter = models.drafter(target, strategy.drafter, progress=progress, vocab_trim=strategy.vocab_trim)
         return PearlDecoder(target, drafter.model, strategy.gamma, sampling)
@@ -145,6 +158,35 @@ def build_decoder(
             raise ConfigError("drafter", f"{strategy.drafter!r} has no tokenizer of its own")
         return SpeculativeDecoder(target, CrossVocabProposer(drafter.model, drafter.tokenizer, target.tokenizer), policy, sampling)
     raise ConfigError("strategy", f"no builder for strategy {strategy.name!r}")
+
+
+def _tree_decoder(strategy: StrategyConfig, target: LoadedModel, models: ModelCache, sampling: SamplingConfig,
+                  progress, document: str | None) -> TreeDecoder:
+    """Tree strategies: a tree proposer and the one-pass tree verifier."""
+    if "sliding_attention" in (getattr(target.model.config, "layer_types", None) or ()):
+        raise ConfigError("strategy", f"{strategy.name} verifies a tree with tree attention, which needs full-attention "
+                                      f"layers; {target.name} has sliding-window layers: use a chain strategy")
+    if isinstance(strategy, LookupTreeConfig):
+        proposer = LookupTreeProposer(strategy.max_ngram, strategy.min_ngram, strategy.max_candidates, strategy.k)
+        return TreeDecoder(target, proposer, sampling)
+    assert isinstance(strategy, ModelTreeDrafting)
+    if isinstance(strategy, RasdTreeConfig) and (document is None or not document.strip()):
+        raise ConfigError("document", "rasd_tree drafts from a document: attach one (paste its text or upload a text file)")
+    drafter = models.drafter(target, strategy.drafter, progress=progress, vocab_trim=strategy.vocab_trim).model
+    if isinstance(strategy, StaticTreeConfig):
+        proposer = ModelTreeProposer(drafter, "static", branching=parse_branching(strategy.branching))
+    elif isinstance(strategy, RsdConfig):
+        proposer = ModelTreeProposer(drafter, "rsd", branching=parse_branching(strategy.branching))
+    elif isinstance(strategy, SpecTrConfig):
+        proposer = ModelTreeProposer(drafter, "spectr", depth=strategy.depth, drafts=strategy.drafts)
+    else:
+        assert isinstance(strategy, DynamicTreeConfig)
+        proposer = ModelTreeProposer(drafter, "dynamic", width=strategy.width, nodes=strategy.nodes, depth=strategy.depth)
+    if isinstance(strategy, RasdTreeConfig):
+        document_ids = list(target.tokenizer(document, add_special_tokens=False, verbose=False)["input_ids"])
+        proposer = FusedRetrievalTreeProposer(proposer, document_ids, strategy.k, strategy.max_candidates,
+                                              strategy.min_match, strategy.max_match)
+    return TreeDecoder(target, proposer, sampling)
 
 
 def _dynamic_exit_decoder(

@@ -16,6 +16,7 @@ class CachedCausalLM:
         self.model = model
         self.cache = DynamicCache(config=model.config)
         self.forward_passes = 0
+        self._region_parents: list[int] = []  # the tree region after the prefix (see forward_tree)
 
     @property
     def cached_length(self) -> int:
@@ -33,8 +34,76 @@ class CachedCausalLM:
         self.forward_passes += 1
         return out.logits[0]
 
+    @torch.inference_mode()
+    def forward_with_hidden(self, token_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """As `forward` with keep_logits=1, plus the final (normed) hidden state of the last position.
+
+        Returns (logits [1, vocab], hidden [hidden_size]).
+        """
+        input_ids = torch.tensor([token_ids], dtype=torch.long)
+        out = self.model(input_ids=input_ids, cache=self.cache, use_cache=True, logits_to_keep=1,
+                         output_hidden_states=True)
+        self.forward_passes += 1
+        return out.logits[0], out.hidden_states[-1][0, -1]
+
+    @torch.inference_mode()
+    def forward_tree(self, token_ids: list[int], parents: list[int], prefix_length: int | None = None) -> torch.Tensor:
+        """Append tree nodes in one pass; return the logits after every one of them [N, vocab].
+
+        The cache is a prefix (the first `prefix_length` positions; default: everything cached, i.e.
+        a new tree) followed by the tree region: nodes fed by earlier forward_tree calls on the same
+        prefix, then these. parents[i] is the region index of node i's parent (-1: it follows the
+        prefix directly); the new nodes get region indices after the earlier ones, parents first.
+        Node i attends to the prefix and to its own ancestors and sits at position
+        prefix_length + depth(i). A chain is the tree whose parents are [-1, 0, 1, ...].
+        `keep_positions` or `rollback` ends the region.
+
+        Example: the target verifies a tree rooted at the last committed token in one call;
+        a drafter expands a tree one level per call with the same prefix_length.
+        """
+        n, cached = len(token_ids), self.cached_length
+        if prefix_length is None or prefix_length == cached:
+            prefix_length, self._region_parents = cached, []
+        elif cached - prefix_length != len(self._region_parents):
+            raise ValueError("forward_tree: the cache does not hold this tree's region")
+        region = self._region_parents + list(parents)  # [R + N] parent per region node
+        ancestors = torch.zeros(len(region), len(region), dtype=torch.bool)  # [R + N, R + N] node i sees node j
+        depth = [0] * len(region)
+        for i, p in enumerate(region):
+            ancestors[i, i] = True
+            if p >= 0:
+                ancestors[i] |= ancestors[p]
+                depth[i] = depth[p] + 1
+        first = len(self._region_parents)
+        dtype = next(self.model.parameters()).dtype
+        mask = torch.zeros(1, 1, n, cached + n, dtype=dtype)  # additive: 0 attends, min blocks
+        mask[0, 0, :, prefix_length:].masked_fill_(~ancestors[first:], torch.finfo(dtype).min)
+        out = self.model(
+            input_ids=torch.tensor([token_ids], dtype=torch.long),
+            attention_mask=mask,
+            position_ids=torch.tensor([[prefix_length + d for d in depth[first:]]], dtype=torch.long),
+            cache=self.cache,
+            use_cache=True,
+            logits_to_keep=n,
+        )
+        self.forward_passes += 1
+        self._region_parents = region
+        return out.logits[0]
+
+    def keep_positions(self, positions: list[int]) -> None:
+        """Keep only the listed cached positions (ascending), in that order: the accepted path of a tree."""
+        self._region_parents = []
+        index = torch.tensor(positions, dtype=torch.long)
+        for layer in self.cache.layers:
+            if type(layer).__name__ != "DynamicLayer":
+                raise NotImplementedError(f"tree verification needs full-attention caches, not {type(layer).__name__}")
+            if layer.is_initialized and layer.keys.numel():
+                layer.keys = layer.keys.index_select(-2, index)
+                layer.values = layer.values.index_select(-2, index)
+
     def rollback(self, keep: int) -> None:
         """Keep only the first `keep` cached positions (the accepted prefix)."""
+        self._region_parents = []
         remove = self.cached_length - keep
         if remove < 0:
             raise ValueError(f"cannot roll back to {keep} positions: only {self.cached_length} are cached")

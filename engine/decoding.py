@@ -34,6 +34,7 @@ from .models import LoadedModel
 from .policies import ConstantLength, DraftLengthPolicy
 from .proposers.base import Proposal, Proposer
 from .sampling import SamplingConfig, check_finite, logits_to_probs
+from .draft_tree import TreeVerdict
 from .verification import ChainVerdict, verify_greedy, verify_rejection_sampling
 
 TOP_CANDIDATES = 5  # how many of the target's best tokens each event records per position
@@ -115,7 +116,8 @@ class SpeculativeDecoder:
             # 4. commit accepted + recovered/bonus, cut at EOS and the token budget
             n = verdict.num_accepted
             context_length = len(tokens)
-            committed, kinds, stop_reason = commit(tokens, draft, verdict, eos_ids, max_new_tokens - produced, window)
+            committed, kinds, stop_reason = commit(tokens, draft[:n], verdict, bool(draft), eos_ids,
+                                                   max_new_tokens - produced, window)
             produced += len(committed)
 
             # 5. roll back: target keeps context + accepted drafts; the proposer crops to match
@@ -173,15 +175,16 @@ def verify_chain(
 
 
 def commit(
-    tokens: list[int], draft: list[int], verdict: ChainVerdict, eos_ids: set[int], budget: int, window: int
+    tokens: list[int], accepted: list[int], verdict: ChainVerdict | TreeVerdict, drafted: bool,
+    eos_ids: set[int], budget: int, window: int,
 ) -> tuple[list[int], list[str], str | None]:
-    """Append the accepted drafts and the verdict's token to `tokens`, cut at EOS and the budget.
+    """Append the accepted drafted tokens and the verdict's token to `tokens`, cut at EOS and the budget.
 
+    `drafted`: whether anything was drafted this step (else the verdict's token is a baseline token).
     Returns (committed ids, their kinds, stop reason or None). `budget`: tokens the run may still add.
     """
-    n = verdict.num_accepted
-    kinds = ["accepted"] * n + [verdict.next_kind if draft else "baseline"]
-    committed = draft[:n] + [verdict.next_token]
+    kinds = ["accepted"] * len(accepted) + [verdict.next_kind if drafted else "baseline"]
+    committed = list(accepted) + [verdict.next_token]
     stop_reason = None
     for i, token in enumerate(committed):
         if token in eos_ids:
@@ -195,7 +198,7 @@ def commit(
     return committed, kinds, stop_reason
 
 
-def _top(dist: torch.Tensor, detok: IncrementalDetokenizer) -> tuple[TokenCandidate, ...]:
+def top_candidates(dist: torch.Tensor, detok: IncrementalDetokenizer) -> tuple[TokenCandidate, ...]:
     probs, ids = torch.topk(dist, min(TOP_CANDIDATES, dist.shape[-1]))
     return tuple(TokenCandidate(int(i), detok.piece(int(i)), float(p)) for p, i in zip(probs, ids) if p > 0)
 
@@ -222,7 +225,7 @@ def drafted_tokens(
                 accept_prob=verdict.accept_probs[i] if checked else None,
                 uniform=verdict.uniforms[i] if checked and not sampling.greedy else None,
                 verdict=verdict_name,
-                target_top=_top(target_probs[i], detok) if checked else (),
+                target_top=top_candidates(target_probs[i], detok) if checked else (),
             )
         )
     return tuple(out)
@@ -242,5 +245,5 @@ def output_token(
         text=detok.piece(verdict.next_token),
         kind=verdict.next_kind if drafted else "baseline",
         prob=float(dist[verdict.next_token]),
-        residual_top=_top(dist, detok),
+        residual_top=top_candidates(dist, detok),
     )

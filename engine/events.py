@@ -97,6 +97,26 @@ class NewToken:
 
 
 @dataclass(frozen=True)
+class TreeNode:
+    """One node of a draft tree, with its verdict. Node 0 is the root: the last committed token (not drafted).
+
+    Nodes come parents first. A drafted node at depth d would be the d-th new token of the step.
+    """
+
+    index: int
+    parent: int  # the parent's index; -1 for the root
+    depth: int  # 0 for the root
+    token_id: int
+    text: str
+    draft_prob: float | None  # drafter probability of this token after its parent's path (None: retrieval)
+    path_prob: float | None  # product of draft_prob along the path (EAGLE-2's score); None without probabilities
+    target_prob: float | None  # target probability of this token after its parent's path (None: parent not reached)
+    accept_prob: float | None  # the chance the verifier accepted it when it was tried (None: not tried)
+    verdict: str  # "root" | "accepted" (on the accepted path) | "rejected" (tried, refused) | "unchecked"
+    source: str = "model"  # "model" | "retrieval" | "both": which proposer put it there (fused trees)
+
+
+@dataclass(frozen=True)
 class StepEvent:
     index: int  # 0-based step number
     context_length: int  # tokens in the context (prompt + output) before this step
@@ -113,6 +133,9 @@ class StepEvent:
     #             proposal came from (n-gram table rows, retrieved candidates, per-layer acceptance, ...);
     #   any other key: a scalar shown as key = value.
     proposer_info: dict[str, Any] = field(default_factory=dict)
+    # Tree strategies: the whole draft tree with verdicts (root first); empty for chains. `draft` then
+    # lists the drafted nodes (the root excluded) in the same order, position = depth - 1.
+    tree: tuple[TreeNode, ...] = ()
 
     @property
     def num_drafted(self) -> int:

@@ -44,9 +44,10 @@ class RunMetrics:
         accepted = sum(e.num_accepted for e in events)
         new_tokens = sum(len(e.new_tokens) for e in events)
         drafting_steps = [e for e in events if e.num_drafted > 0]
-        longest = max((e.num_drafted for e in events), default=0)
+        longest = max((t.position + 1 for e in events for t in e.draft), default=0)  # tree nodes: position = depth - 1
         per_position = [
-            sum(1 for e in drafting_steps if e.num_drafted > i and e.draft[i].verdict == "accepted") / len(drafting_steps)
+            sum(1 for e in drafting_steps if any(t.position == i and t.verdict == "accepted" for t in e.draft))
+            / len(drafting_steps)
             for i in range(longest)
         ] if drafting_steps else []
         return cls(

@@ -125,7 +125,8 @@ class PearlDecoder(SpeculativeDecoder):
                 # 3. commit accepted + recovered/bonus, exactly as plain speculation does
                 n = verdict.num_accepted
                 context_length = len(tokens)
-                committed, kinds, stop_reason = commit(tokens, block, verdict, eos_ids, max_new_tokens - produced, window)
+                committed, kinds, stop_reason = commit(tokens, block[:n], verdict, bool(block), eos_ids,
+                                                       max_new_tokens - produced, window)
                 produced += len(committed)
 
                 # 4. keep the continuation when the whole block was accepted and it starts with the target's token

@@ -323,6 +323,148 @@ class PearlConfig(StrategyConfig):
         DraftModelConfig(drafter=self.drafter, vocab_trim=self.vocab_trim)  # the checks draft_model makes
 
 
+def _check_branching(obj: Any, name: str) -> None:
+    """Children per node at each depth, e.g. "3,2,1": 1-8 children, 1-8 levels, at most 128 nodes."""
+    text = str(getattr(obj, name)).replace(" ", "")
+    if not re.fullmatch(r"[1-8](,[1-8]){0,7}", text):
+        raise ConfigError(name, f"must be 1-8 comma-separated numbers of children per depth (each 1-8), e.g. 3,2,1; got {text!r}")
+    nodes, width = 0, 1
+    for b in text.split(","):
+        width *= int(b)
+        nodes += width
+    if nodes > 128:
+        raise ConfigError(name, f"makes a tree of {nodes} nodes; at most 128 are verified in one pass")
+
+
+@dataclass(frozen=True)
+class ModelTreeDrafting(StrategyConfig):
+    """Shared knobs of the tree strategies whose tree comes from a drafter model."""
+
+    drafter: str = param("distilled", "distilled, kangaroo:N, early-exit:N or a same-tokenizer model (hub id or folder)")
+    vocab_trim: int = param(8192, "VocabTrim for the drafter, as in draft_model (0 = all tokens)")
+
+    def __post_init__(self) -> None:
+        DraftModelConfig(drafter=self.drafter, vocab_trim=self.vocab_trim)  # the checks draft_model makes
+
+
+@dataclass(frozen=True)
+class StaticTreeConfig(ModelTreeDrafting):
+    name: ClassVar[str] = "static_tree"
+    lossless: ClassVar[bool] = True
+    description: ClassVar[str] = (
+        "A static draft tree (SpecInfer / Medusa style): each node gets the drafter's top b tokens at its depth; "
+        "the target verifies every node in one pass with tree attention and keeps the longest accepted path."
+    )
+    branching: str = param("2,2,1", "children per node at depths 1, 2, 3, ... (e.g. 3,2,1 = 3 + 6 + 6 nodes)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_branching(self, "branching")
+
+
+@dataclass(frozen=True)
+class DynamicTreeConfig(ModelTreeDrafting):
+    name: ClassVar[str] = "dynamic_tree"
+    lossless: ClassVar[bool] = True
+    description: ClassVar[str] = (
+        "EAGLE-2-style dynamic tree: at each depth only the `width` nodes with the highest path probability are "
+        "expanded (`width` children each); the best `nodes` nodes overall are verified in one pass."
+    )
+    depth: int = param(4, "drafter passes (tree depth)")
+    width: int = param(3, "nodes expanded per depth, and children per expanded node (EAGLE-2's top-k)")
+    nodes: int = param(10, "drafted nodes kept for verification (highest path probability)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_int(self, "depth", 1, 16)
+        _check_int(self, "width", 1, 8)
+        _check_int(self, "nodes", 1, 128)
+
+
+@dataclass(frozen=True)
+class RsdConfig(ModelTreeDrafting):
+    name: ClassVar[str] = "rsd"
+    lossless: ClassVar[bool] = True
+    description: ClassVar[str] = (
+        "Recursive speculative decoding (RSD-C): each node's children are sampled from the drafter without "
+        "replacement (Gumbel-top-k) and verified by recursive rejection sampling over siblings; greedy runs take "
+        "the top tokens."
+    )
+    branching: str = param("2,2,1", "children per node at depths 1, 2, 3, ...")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_branching(self, "branching")
+
+
+@dataclass(frozen=True)
+class SpecTrConfig(ModelTreeDrafting):
+    name: ClassVar[str] = "spectr"
+    lossless: ClassVar[bool] = True
+    description: ClassVar[str] = (
+        "SpecTr: k drafts sampled independently from the drafter, merged on shared prefixes and verified with "
+        "k-sequential selection (optimal transport); greedy drafts are all the same chain."
+    )
+    drafts: int = param(3, "independent drafts k")
+    depth: int = param(3, "tokens per draft")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_int(self, "drafts", 1, 16)
+        _check_int(self, "depth", 1, 16)
+
+
+@dataclass(frozen=True)
+class LookupTreeConfig(StrategyConfig):
+    name: ClassVar[str] = "lookup_tree"
+    lossless: ClassVar[bool] = True
+    description: ClassVar[str] = (
+        "Multi-candidate prompt lookup: the continuations of several earlier occurrences of the context's suffix "
+        "n-gram, merged into a tree and verified in one pass; no drafter model."
+    )
+    k: int = param(4, "tokens per continuation")
+    max_candidates: int = param(4, "distinct continuations merged (most recent first)")
+    max_ngram: int = param(3, "longest suffix n-gram looked up")
+    min_ngram: int = param(2, "shortest suffix n-gram tried before giving up (no draft this step)")
+
+    def __post_init__(self) -> None:
+        _check_int(self, "k", 1, 32)
+        _check_int(self, "max_candidates", 1, 16)
+        _check_int(self, "max_ngram", 1, 16)
+        _check_int(self, "min_ngram", 1, 16)
+        if self.min_ngram > self.max_ngram:
+            raise ConfigError("min_ngram", f"must be <= max_ngram ({self.max_ngram}), got {self.min_ngram}")
+
+
+@dataclass(frozen=True)
+class RasdTreeConfig(DynamicTreeConfig):
+    name: ClassVar[str] = "rasd_tree"
+    lossless: ClassVar[bool] = True
+    description: ClassVar[str] = (
+        "RASD's fused tree: the drafter's dynamic tree with the continuations retrieved from an attached document "
+        "merged in by longest-prefix match, verified in one pass. Needs a document."
+    )
+    depth: int = param(3, "drafter passes (the model tree's depth)")
+    width: int = param(2, "nodes expanded per depth, and children per expanded node (EAGLE-2's top-k)")
+    nodes: int = param(6, "model-tree nodes kept (highest path probability)")
+    k: int = param(6, "tokens per retrieved continuation")
+    max_candidates: int = param(4, "retrieved continuations merged in")
+    min_match: int = param(2, "context suffix length (tokens) that must occur in the document to retrieve")
+    max_match: int = param(16, "longest suffix match measured when ranking candidates (longest first)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_int(self, "k", 1, 32)
+        _check_int(self, "max_candidates", 1, 16)
+        _check_int(self, "min_match", 1, 16)
+        _check_int(self, "max_match", 1, 64)
+        if self.min_match > self.max_match:
+            raise ConfigError("min_match", f"must be <= max_match ({self.max_match}), got {self.min_match}")
+
+
+TREE_STRATEGIES = ("static_tree", "dynamic_tree", "rsd", "spectr", "lookup_tree", "rasd_tree")
+
+
 @dataclass(frozen=True)
 class CrossVocabConfig(ChainDrafting):
     name: ClassVar[str] = "cross_vocab"

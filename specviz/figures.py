@@ -1,4 +1,5 @@
-"""Plotly figures built from step events (no Gradio): the acceptance history and the draft-length timeline.
+"""Plotly figures built from step events (no Gradio): the acceptance history, the draft-length timeline,
+the phase timeline and the draft tree of one step.
 
 Colours are Okabe-Ito (colour-blind safe) and match the token stream: accepted drafts in blue,
 the target's own token stacked on top in green (bonus), vermillion (recovered) or grey
@@ -13,6 +14,7 @@ import math
 import textwrap
 from collections import Counter
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -76,7 +78,7 @@ def acceptance_figure(
     lengths = [len(e.new_tokens) for e in events]
     accepted = [sum(1 for t in e.new_tokens if t.kind == "accepted") for e in events]
     hover = [
-        f"step {e.index}<br>drafted {e.num_drafted}, accepted {a}<br>+ {e.output.kind}"
+        f"step {e.index}<br>drafted {e.num_drafted}, accepted {a}<br>+ {e.output.kind}" + _tree_shape_hover(e)
         for e, a in zip(events, accepted)
     ]
     fig.add_trace(
@@ -112,12 +114,15 @@ def acceptance_figure(
                showlegend=False),
         row=2, col=2,
     )
+    tree_run = any(e.tree for e in events)
+    if tree_run:
+        _add_tree_shapes(fig, events)
     fig.update_layout(
         barmode="stack",
         bargap=0.15,
         uirevision=UIREVISION,
         height=520,
-        margin=dict(l=50, r=20, t=70 if title else 40, b=50),
+        margin=dict(l=50, r=60 if tree_run else 20, t=70 if title else 40, b=50),
         legend=dict(orientation="h", yanchor="bottom", y=1.01, xanchor="left", x=0, font=dict(size=11),
                     traceorder="normal"),
         template="plotly_white",
@@ -139,6 +144,44 @@ def acceptance_figure(
         fig.add_annotation(text="nothing drafted (autoregressive)", xref="x2 domain", yref="y2 domain",
                            x=0.5, y=0.5, showarrow=False, font=dict(color=GREY))
     return fig
+
+
+TREE_SHAPE_TRACE_NAMES = ("tree depth", "tree size (right axis)")
+
+
+def tree_shape(event: StepEvent) -> tuple[int, int, int]:
+    """(size, depth, accepted depth) of a tree step's draft tree; size counts drafted nodes (the root excluded)."""
+    nodes = event.tree
+    return len(nodes) - 1, max(n.depth for n in nodes), sum(1 for n in nodes if n.verdict == "accepted")
+
+
+def _tree_shape_hover(event: StepEvent) -> str:
+    if not event.tree:
+        return ""
+    size, depth, accepted_depth = tree_shape(event)
+    return f"<br>tree: {size} nodes, depth {depth}, accepted depth {accepted_depth}"
+
+
+def _add_tree_shapes(fig: go.Figure, events: Sequence[StepEvent]) -> None:
+    """Tree runs: each step's tree depth as a tick over its bar (the bar's blue part is the accepted depth), and
+    the tree size on a right axis (sizes run to tens of nodes, far above the tokens per step)."""
+    tree_steps = [e for e in events if e.tree]
+    shapes = [tree_shape(e) for e in tree_steps]
+    steps = [e.index for e in tree_steps]
+    hover = [f"step {e.index}" + _tree_shape_hover(e) for e in tree_steps]
+    fig.add_trace(
+        go.Scatter(x=steps, y=[depth for _, depth, _ in shapes], name=TREE_SHAPE_TRACE_NAMES[0], mode="markers",
+                   marker=dict(symbol="line-ew-open", size=18, color=BLACK, line=dict(width=2.5)),
+                   hovertext=hover, hoverinfo="text"),
+        row=1, col=1,
+    )
+    fig.add_trace(go.Scatter(
+        x=steps, y=[size for size, _, _ in shapes], name=TREE_SHAPE_TRACE_NAMES[1], mode="lines+markers",
+        line=dict(color=PURPLE, width=1.5, dash="dot"), marker=dict(size=5), hovertext=hover, hoverinfo="text",
+        xaxis="x", yaxis="y4",
+    ))
+    fig.update_layout(yaxis4=dict(overlaying="y", anchor="x", side="right", rangemode="tozero", showgrid=False,
+                                  title=dict(text="tree size (nodes)", font=dict(size=11))))
 
 
 LENGTH_TRACE_NAMES = ("drafted", "accepted", "chosen length", "oracle length (hindsight)")
@@ -275,4 +318,163 @@ def phase_figure(events: Sequence[StepEvent], empty_message: str = "Run a prompt
     elif not totals:
         fig.add_annotation(text="the autoregressive baseline has one worker and no drafting", xref="paper",
                            yref="paper", x=0.5, y=0.5, showarrow=False, font=dict(size=13, color=GREY))
+    return fig
+
+
+# -- the draft tree of one step -------------------------------------------------------------------
+
+class NodeStyle(NamedTuple):
+    name: str  # legend entry
+    colour: str
+    symbol: str
+    size: float
+    edge_width: float  # of the edge into the node
+    opacity: float
+
+
+# The same colour language as the token stream; symbols give a second cue besides colour
+TREE_STYLE = {
+    "root": NodeStyle("root (committed)", BLACK, "square", 13, 0.0, 1.0),
+    "accepted": NodeStyle("accepted path", BLUE, "circle", 15, 4.5, 1.0),
+    "rejected": NodeStyle("rejected (tried)", PURPLE, "x", 11, 1.5, 0.6),
+    "unchecked": NodeStyle("unchecked (not reached)", "#B0B0B0", "circle-open", 9, 1.0, 0.8),
+}
+OUTPUT_COLOURS = {"bonus": GREEN, "recovered": VERMILLION, "baseline": GREY}
+SOURCE_HELP = {"model": "the drafter model", "retrieval": "retrieval (no drafter probability)",
+               "both": "the drafter model and retrieval"}
+TREE_ROW_PX = 26  # vertical room per leaf row, shrunk (down to about 14 px at 80 nodes) to keep the height in bounds
+TREE_DENSE_ROW_PX = 18  # below this, only the produced tokens keep their labels (every text stays in the hover)
+TREE_HEIGHT = (280, 1000)  # min, max
+TREE_CHROME_PX = 130  # title, legend and depth axis
+TREE_LABEL_CHARS = 12
+
+
+def _token_text(text: str, limit: int | None = None) -> str:
+    """Model text for plotly: visible whitespace, cut to `limit` characters, HTML-escaped (plotly renders tags
+    such as <b> and <a>). quote=False because plotly decodes &lt; &gt; &amp; but shows &quot; literally."""
+    shown = "∅" if text == "" else text.replace(" ", "␣").replace("\n", "↵").replace("\t", "⇥")
+    if limit is not None and len(shown) > limit:
+        shown = shown[: limit - 1] + "…"
+    return html.escape(shown, quote=False)
+
+
+def tree_rows(parents: Sequence[int]) -> list[float]:
+    """A tidy layout: the vertical row of each node of a tree given parents-first (parent -1 for the root).
+
+    Leaves take consecutive rows in depth-first order (children in index order) and a parent sits midway between
+    its first and last child, so every subtree owns its own band of rows and no two nodes of a depth overlap."""
+    children: list[list[int]] = [[] for _ in parents]
+    for node, parent in enumerate(parents):
+        if parent >= 0:
+            children[parent].append(node)
+    rows = [0.0] * len(parents)
+    next_leaf, stack = 0, [0]
+    while stack:  # pre-order walk: leaves get their rows in reading order
+        node = stack.pop()
+        if not children[node]:
+            rows[node] = next_leaf
+            next_leaf += 1
+        stack.extend(reversed(children[node]))
+    for node in reversed(range(len(parents))):  # children come after parents: place parents bottom-up
+        if children[node]:
+            rows[node] = (rows[children[node][0]] + rows[children[node][-1]]) / 2
+    return rows
+
+
+def _node_hover(node) -> str:
+    token = f"<b>{_token_text(node.text)}</b>"
+    if node.verdict == "root":
+        return f"{token}<br>root: the last committed token (not drafted)"
+    lines = [
+        f"{token} · depth {node.depth} · {node.verdict}",
+        "drafter q = " + ("—" if node.draft_prob is None else f"{node.draft_prob:.3f}"),
+        "path prob = " + ("—" if node.path_prob is None else f"{node.path_prob:.3g}"),
+        "target p = " + ("— (its parent was not reached)" if node.target_prob is None else f"{node.target_prob:.3f}"),
+        "acceptance prob = " + ("— (not tried)" if node.accept_prob is None else f"{node.accept_prob:.3f}"),
+        f"source: {SOURCE_HELP.get(node.source, html.escape(node.source))}",
+    ]
+    return "<br>".join(lines)
+
+
+def _output_hover(event: StepEvent) -> str:
+    o = event.output
+    appended = any(n.kind == o.kind for n in event.new_tokens)
+    return (f"<b>{_token_text(o.text)}</b> · + {o.kind}<br>the target's own token after the last accepted node"
+            f"<br>probability {o.prob:.3f}" + ("" if appended else "<br>(not appended: the run stopped before it)"))
+
+
+def _edges(xs: Sequence[float], ys: Sequence[float], pairs: Sequence[tuple[int, int]]) -> tuple[list, list]:
+    """Line coordinates for parent-child pairs, segments separated by None (one trace draws them all)."""
+    ex, ey = [], []
+    for parent, child in pairs:
+        ex += [xs[parent], xs[child], None]
+        ey += [ys[parent], ys[child], None]
+    return ex, ey
+
+
+def draft_tree_figure(event: StepEvent) -> go.Figure | None:
+    """The draft tree of one step, laid out by depth: the accepted path emphasised, rejected branches dimmed,
+    unreached nodes grey, and the target's own token (recovered or bonus) after the last accepted node.
+    Hover a node for the drafter, path, target and acceptance probabilities. None for chain steps (no tree)."""
+    nodes = event.tree
+    if not nodes:
+        return None
+    accepted = [n.index for n in nodes if n.verdict == "accepted"]
+    anchor = accepted[-1] if accepted else 0  # the accepted path is a chain from the root: its last node
+    out = len(nodes)  # the output token, laid out as one more child of the anchor
+    parents = [n.parent for n in nodes] + [anchor]
+    ys = tree_rows(parents)
+    xs = [n.depth for n in nodes] + [nodes[anchor].depth + 1]
+    n_rows = int(max(ys)) + 1
+    row_px = min(TREE_ROW_PX, (TREE_HEIGHT[1] - TREE_CHROME_PX) / (n_rows + 1))
+    height = max(TREE_HEIGHT[0], round(TREE_CHROME_PX + row_px * (n_rows + 1)))
+    dense = row_px < TREE_DENSE_ROW_PX
+    shrink = max(0.6, row_px / TREE_ROW_PX)  # markers shrink with the rows so neighbours do not touch
+    output_colour = OUTPUT_COLOURS.get(event.output.kind, GREY)
+
+    fig = go.Figure()
+    for verdict in ("unchecked", "rejected", "accepted"):  # emphasised edges drawn last, on top
+        pairs = [(n.parent, n.index) for n in nodes if n.verdict == verdict]
+        if pairs:
+            style = TREE_STYLE[verdict]
+            ex, ey = _edges(xs, ys, pairs)
+            fig.add_trace(go.Scatter(x=ex, y=ey, mode="lines", line=dict(color=style.colour, width=style.edge_width),
+                                     opacity=style.opacity, hoverinfo="skip", showlegend=False))
+    ex, ey = _edges(xs, ys, [(anchor, out)])
+    fig.add_trace(go.Scatter(x=ex, y=ey, mode="lines", line=dict(color=output_colour, width=3, dash="dot"),
+                             hoverinfo="skip", showlegend=False))
+    for verdict, style in TREE_STYLE.items():
+        group = [n for n in nodes if n.verdict == verdict]
+        if not group:
+            continue
+        produced = verdict in ("root", "accepted")
+        labelled = produced or not dense
+        label = "<b>{}</b>" if produced else "{}"
+        fig.add_trace(go.Scatter(
+            x=[xs[n.index] for n in group], y=[ys[n.index] for n in group], name=style.name, mode="markers+text",
+            marker=dict(symbol=style.symbol, size=style.size * shrink, color=style.colour, opacity=style.opacity,
+                        line=dict(color=style.colour, width=1.5)),
+            text=[label.format(_token_text(n.text, TREE_LABEL_CHARS)) if labelled else "" for n in group],
+            textposition="top center", textfont=dict(size=11, color=BLACK if produced else GREY),
+            hovertext=[_node_hover(n) for n in group], hoverinfo="text",
+        ))
+    fig.add_trace(go.Scatter(
+        x=[xs[out]], y=[ys[out]], name=f"+ {event.output.kind} (target's token)", mode="markers+text",
+        marker=dict(symbol="diamond", size=15 * shrink, color=output_colour, line=dict(color=BLACK, width=1)),
+        text=[f"<b>{_token_text(event.output.text, TREE_LABEL_CHARS)}</b>"], textposition="top center",
+        textfont=dict(size=11, color=output_colour), hovertext=[_output_hover(event)], hoverinfo="text",
+    ))
+    size, depth, accepted_depth = tree_shape(event)
+    title = (f"Step {event.index}: draft tree of {size} nodes, depth {depth} · accepted depth {accepted_depth} "
+             f"+ {event.output.kind} <b>{_token_text(event.output.text, TREE_LABEL_CHARS)}</b>")
+    fig.update_layout(
+        height=height, template="plotly_white", font=dict(size=12), hovermode="closest",
+        margin=dict(l=20, r=20, t=80, b=40), title=dict(text=title, x=0, y=0.99, yanchor="top", font=dict(size=12)),
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="left", x=0, font=dict(size=11)),
+        hoverlabel=dict(align="left"),
+    )
+    fig.update_xaxes(title_text="depth (tokens ahead) · hover a node for its probabilities", range=[-0.5, max(xs) + 0.6],
+                     tickvals=list(range(max(xs) + 1)), ticktext=["root", *map(str, range(1, max(xs) + 1))],
+                     showgrid=False, zeroline=False)
+    fig.update_yaxes(visible=False, range=[n_rows - 0.5, -0.9])  # reversed: row 0 on top, room for its label
     return fig

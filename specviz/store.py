@@ -15,6 +15,7 @@ import json
 import os
 import sqlite3
 import threading
+from dataclasses import astuple, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -29,16 +30,18 @@ from engine.events import (
     PhaseTimings,
     StepEvent,
     TokenCandidate,
+    TreeNode,
     WorkerPhase,
 )
 from engine.metrics import RunMetrics
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # Columns added after version 1: a log written by an older SpecViz gains them (empty) when opened.
 ADDED_COLUMNS: tuple[tuple[str, str, type], ...] = (
     ("steps", "proposer_info", str),  # v2: what drove the proposal (JSON), engine.events.StepEvent.proposer_info
     ("runs", "document", str),  # v3: the text attached for retrieval drafting (rasd), specviz.runner.RunRequest.document
     ("steps", "phases", str),  # v4: who worked when (JSON [[worker, kind, start_s, end_s], ...]), PhaseTimings.phases
+    ("steps", "tree", str),  # v5: the draft tree with verdicts (JSON, one list per TreeNode), StepEvent.tree
 )
 BUSY_TIMEOUT_S = 30.0
 
@@ -60,6 +63,25 @@ def _candidates(items: tuple[TokenCandidate, ...]) -> str:
 
 def _parse_candidates(raw: str | None) -> tuple[TokenCandidate, ...]:
     return tuple(TokenCandidate(int(i), t, float(p)) for i, t, p in json.loads(raw or "[]"))
+
+
+def _tree(nodes: tuple[TreeNode, ...]) -> str | None:
+    """A draft tree as JSON: one list per node, in TreeNode's field order (NULL for chains)."""
+    if not nodes:
+        return None
+    return json.dumps([list(astuple(n)) for n in nodes], ensure_ascii=False)
+
+
+def _parse_tree(raw: str | None) -> tuple[TreeNode, ...]:
+    return tuple(TreeNode(*row) for row in json.loads(raw or "[]"))
+
+
+def _draft_row_position(event: StepEvent, i: int) -> int:
+    """The `position` key of the step's i-th drafted token in draft_tokens.
+
+    A tree has several nodes per depth, so the key (run_id, step_index, position) takes the node's
+    place in the draft order there; the depth (DraftedToken.position + 1) is kept in steps.tree."""
+    return i if event.tree else event.draft[i].position
 
 
 class RunStore:
@@ -114,7 +136,7 @@ class RunStore:
                     "num_accepted": int, "output_token_id": int, "output_text": str, "output_kind": str,
                     "output_prob": float, "output_top": str, "target_forwards": int, "start_s": float, "end_s": float,
                     "draft_s": float, "verify_s": float, "overhead_s": float, "stop_reason": str,
-                    "proposer_info": str, "phases": str,
+                    "proposer_info": str, "phases": str, "tree": str,
                 },
                 pk=("run_id", "step_index"),
                 foreign_keys=[("run_id", "runs", "id")],
@@ -187,15 +209,16 @@ class RunStore:
             "stop_reason": event.stop_reason,
             "proposer_info": json.dumps(event.proposer_info) if event.proposer_info else None,
             "phases": json.dumps([[p.worker, p.kind, p.start_s, p.end_s] for p in t.phases]) if t.phases else None,
+            "tree": _tree(event.tree),
         }
         drafts = [
             {
-                "run_id": run_id, "step_index": event.index, "position": x.position, "token_id": x.token_id,
+                "run_id": run_id, "step_index": event.index, "position": _draft_row_position(event, i), "token_id": x.token_id,
                 "text": x.text, "draft_prob": x.draft_prob, "target_prob": x.target_prob,
                 "accept_prob": x.accept_prob, "uniform": x.uniform, "verdict": x.verdict,
                 "target_top": _candidates(x.target_top),
             }
-            for x in event.draft
+            for i, x in enumerate(event.draft)
         ]
         outputs = [
             {"run_id": run_id, "seq": first_seq + i, "step_index": event.index, "token_id": n.token_id,
@@ -270,12 +293,16 @@ class RunStore:
         events = []
         for r in db["steps"].rows_where("run_id = ?", [run_id], order_by="step_index"):
             i = r["step_index"]
+            tree = _parse_tree(r["tree"])
+            draft = tuple(drafts.get(i, ()))
+            if tree:  # the rows are keyed by draft order (see _draft_row_position): positions come from the depths
+                draft = tuple(replace(d, position=node.depth - 1) for d, node in zip(draft, tree[1:]))
             events.append(
                 StepEvent(
                     index=i,
                     context_length=r["context_length"],
                     decision=LengthDecision(r["requested_k"], r["allowed_k"], r["k_reason"], json.loads(r["k_inputs"] or "{}")),
-                    draft=tuple(drafts.get(i, ())),
+                    draft=draft,
                     output=OutputToken(r["output_token_id"], r["output_text"], r["output_kind"], r["output_prob"],
                                        _parse_candidates(r["output_top"])),
                     new_tokens=tuple(outputs.get(i, ())),
@@ -284,6 +311,7 @@ class RunStore:
                                          tuple(WorkerPhase(*p) for p in json.loads(r["phases"] or "[]"))),
                     stop_reason=r["stop_reason"],
                     proposer_info=json.loads(r["proposer_info"] or "{}"),
+                    tree=tree,
                 )
             )
         return events

@@ -72,6 +72,10 @@ class FakeTokenizer:
     def get_vocab(self) -> dict[str, int]:
         return {f"{self.prefix}{i}": i for i in range(self.vocab_size)}
 
+    def __call__(self, text: str, add_special_tokens: bool = False, verbose: bool = False) -> dict[str, list[int]]:
+        """Encode what decode writes: "t3 t5 " -> [3, 5] (for documents in retrieval tests)."""
+        return {"input_ids": [int(word[len(self.prefix):]) for word in text.split()]}
+
     def __len__(self) -> int:
         return self.vocab_size
 

@@ -141,3 +141,64 @@ def test_proposer_info_round_trips_and_old_logs_gain_the_column(tmp_path):
     conn.close()
     store = RunStore(path)
     assert "proposer_info" in store.db["steps"].columns_dict
+
+
+def _tree_event(index: int = 0):
+    """A tree step: root -> {a (accepted) -> {c (rejected), d (unchecked)}, b (rejected) -> e (unchecked)}."""
+    from engine.events import TreeNode
+
+    nodes = (
+        TreeNode(0, -1, 0, 5, "root", None, None, None, None, "root", "model"),
+        TreeNode(1, 0, 1, 11, NASTY, 0.6, 0.6, 0.7, 1.0, "accepted", "model"),
+        TreeNode(2, 0, 1, 12, "b", None, None, 0.1, 0.2, "rejected", "retrieval"),
+        TreeNode(3, 1, 2, 13, "c", 0.5, 0.3, 0.2, 0.4, "rejected", "both"),
+        TreeNode(4, 1, 2, 14, "d", 0.2, 0.12, None, None, "unchecked", "model"),
+        TreeNode(5, 2, 2, 15, "e", 0.9, None, None, None, "unchecked", "retrieval"),
+    )
+    draft = tuple(
+        DraftedToken(position=n.depth - 1, token_id=n.token_id, text=n.text, draft_prob=n.draft_prob,
+                     target_prob=n.target_prob, accept_prob=n.accept_prob,
+                     uniform=None if n.verdict == "unchecked" else 0.5, verdict=n.verdict)
+        for n in nodes[1:]
+    )
+    new = (NewToken(11, NASTY, "accepted"), NewToken(16, "z", "recovered"))
+    return StepEvent(
+        index=index, context_length=30, decision=LengthDecision(5, 5, "tree of 5 nodes", {}), draft=draft,
+        output=OutputToken(16, "z", "recovered", 0.8), new_tokens=new, target_forwards=1,
+        timings=PhaseTimings(0.01, 0.02, 0.001, 0.0, 0.031), tree=nodes,
+    )
+
+
+def test_tree_round_trips_with_its_drafted_nodes(tmp_path):
+    import json
+
+    store = RunStore(tmp_path / "runs.db")
+    run_id = start(store)
+    events = [make_event(0), _tree_event(1)]  # a chain step keeps tree == () and its positions
+    store.log_step(run_id, events[0], first_seq=0)
+    store.log_step(run_id, events[1], first_seq=2)
+    assert store.load_events(run_id) == events
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == 5
+    chain_tree, tree_json = [r[0] for r in store.db.execute("SELECT tree FROM steps ORDER BY step_index")]
+    assert chain_tree is None and json.loads(tree_json)[1][4] == NASTY  # the text survives verbatim
+    # several nodes share a depth: the drafted rows are keyed by draft order, all five kept
+    positions = [r[0] for r in store.db.execute(
+        "SELECT position FROM draft_tokens WHERE step_index = 1 ORDER BY position")]
+    assert positions == [0, 1, 2, 3, 4]
+
+
+def test_v4_log_gains_the_tree_column(tmp_path):
+    path = tmp_path / "v4.db"
+    old = RunStore(path)
+    run_id = start(old)
+    old.log_step(run_id, make_event(0), first_seq=0)
+    with old.db.conn:  # what SpecViz 4 wrote: steps without a tree column
+        old.db.execute("ALTER TABLE steps DROP COLUMN tree")
+        old.db.execute("PRAGMA user_version = 4")
+    old.close()
+    store = RunStore(path)
+    assert "tree" in store.db["steps"].columns_dict
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == 5
+    assert store.load_events(run_id) == [make_event(0)]  # old steps replay as chains
+    store.log_step(run_id, _tree_event(1), first_seq=2)
+    assert store.load_events(run_id)[1].tree == _tree_event(1).tree

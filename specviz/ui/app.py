@@ -36,12 +36,13 @@ from engine import (
     parse_strategy,
 )
 from engine.errors import ConfigError, PromptError
-from specviz.figures import acceptance_figure, draft_length_figure, phase_figure
+from specviz.figures import acceptance_figure, draft_length_figure, draft_tree_figure, phase_figure
 from specviz.prompts import SuitePrompt, load_prompt_suite
 from specviz.runner import MAX_DOCUMENT_BYTES, PreparedRun, RunRequest, Runner, RunUpdate, new_group_id, read_document_file
 from specviz.store import RunStore
 
 from . import render
+from .multi_draft_tab import build_multi_draft_tab
 
 log = logging.getLogger("specviz.ui")
 
@@ -189,6 +190,15 @@ def _slider_update(n_events: int, value: int | None = None) -> dict:
     return gr.update(minimum=0, maximum=top, value=value, step=1, interactive=n_events > 0)
 
 
+def _tree_update(events: list[StepEvent], focus: int | None) -> dict:
+    """The draft tree of the focused step (the latest by default); hidden for steps without a tree (chains)."""
+    if not events:
+        return gr.update(visible=False)
+    index = len(events) - 1 if focus is None else max(0, min(int(focus), len(events) - 1))
+    figure = draft_tree_figure(events[index])
+    return gr.update(value=figure, visible=True) if figure is not None else gr.update(visible=False)
+
+
 # -- a run view: token stream, metrics, inspector, plot ------------------------------------------
 
 @dataclass
@@ -201,6 +211,7 @@ class RunView:
     prev: gr.Button
     next: gr.Button
     inspector: gr.HTML
+    tree_plot: gr.Plot
     plot: gr.Plot
     length_plot: gr.Plot
     phase_plot: gr.Plot
@@ -219,6 +230,7 @@ class RunView:
             self.metrics: render.metrics_html(metrics, running=running, note=note),
             self.slider: _slider_update(len(events), focus),
             self.inspector: render.step_inspector_html(events, focus),
+            self.tree_plot: _tree_update(events, focus),
         }
         if plot:
             out[self.plot] = acceptance_figure(
@@ -234,8 +246,8 @@ class RunView:
         return out
 
     def outputs(self) -> list:
-        return [self.state, self.stream, self.metrics, self.slider, self.inspector, self.plot, self.length_plot,
-                self.phase_plot]
+        return [self.state, self.stream, self.metrics, self.slider, self.inspector, self.tree_plot, self.plot,
+                self.length_plot, self.phase_plot]
 
     def wire_navigation(self) -> None:
         """Slider and Previous / Next: pick a step (works during and after a run; no model involved)."""
@@ -247,19 +259,20 @@ class RunView:
                 render.step_inspector_html(events, i),
                 render.token_stream_html(events, (state or {}).get("prompt"), focus_step=i,
                                          running=bool((state or {}).get("running"))),
+                _tree_update(events, i),
             )
 
         def move(delta, step, state):
             events = (state or {}).get("events") or []
             i = max(0, min(int(step or 0) + delta, len(events) - 1)) if events else 0
-            inspector, stream = show(i, state)
-            return _slider_update(len(events), i), inspector, stream
+            return _slider_update(len(events), i), *show(i, state)
 
-        self.slider.input(show, [self.slider, self.state], [self.inspector, self.stream], trigger_mode="always_last",
+        step_panels = [self.inspector, self.stream, self.tree_plot]
+        self.slider.input(show, [self.slider, self.state], step_panels, trigger_mode="always_last",
                           concurrency_limit=None, api_visibility="undocumented", show_progress="hidden")
-        self.prev.click(lambda s, st: move(-1, s, st), [self.slider, self.state], [self.slider, self.inspector, self.stream],
+        self.prev.click(lambda s, st: move(-1, s, st), [self.slider, self.state], [self.slider, *step_panels],
                         concurrency_limit=None, api_visibility="undocumented", show_progress="hidden")
-        self.next.click(lambda s, st: move(1, s, st), [self.slider, self.state], [self.slider, self.inspector, self.stream],
+        self.next.click(lambda s, st: move(1, s, st), [self.slider, self.state], [self.slider, *step_panels],
                         concurrency_limit=None, api_visibility="undocumented", show_progress="hidden")
 
 
@@ -303,7 +316,7 @@ def build_stream_panel(prefix: str) -> tuple[gr.HTML, gr.HTML]:
     return stream, metrics
 
 
-def build_inspector_panel(prefix: str) -> tuple[gr.Slider, gr.Button, gr.Button, gr.HTML]:
+def build_inspector_panel(prefix: str) -> tuple[gr.Slider, gr.Button, gr.Button, gr.HTML, gr.Plot]:
     gr.Markdown("### Step inspector")
     _explain(
         "One step = draft up to K tokens, then check them all in **one** target forward pass. Each drafted token "
@@ -314,8 +327,10 @@ def build_inspector_panel(prefix: str) -> tuple[gr.Slider, gr.Button, gr.Button,
     with gr.Row():
         prev = gr.Button("◀ Previous", size="sm", elem_id=f"{prefix}step-prev")
         nxt = gr.Button("Next ▶", size="sm", elem_id=f"{prefix}step-next")
+    # Tree strategies only: shown above the proposal table, which lists a tree's nodes one per row
+    tree_plot = gr.Plot(None, visible=False, elem_id=f"{prefix}draft-tree-plot", show_label=False)
     inspector = gr.HTML(render.step_inspector_html([]), elem_id=f"{prefix}step-inspector", js_on_load=None)
-    return slider, prev, nxt, inspector
+    return slider, prev, nxt, inspector, tree_plot
 
 
 def build_plot_panel(prefix: str) -> tuple[gr.Plot, gr.Plot, gr.Plot]:
@@ -508,9 +523,9 @@ def build_app(models: ModelCache, store: RunStore) -> gr.Blocks:
                                          js_on_load=None)
                     with gr.Column(scale=7, min_width=420):
                         stream, metrics = build_stream_panel("")
-                        slider, prev, nxt, inspector = build_inspector_panel("")
+                        slider, prev, nxt, inspector, tree_plot = build_inspector_panel("")
                 plot, length_plot, phase_plot = build_plot_panel("")
-                view = RunView(stream, metrics, slider, prev, nxt, inspector, plot, length_plot, phase_plot,
+                view = RunView(stream, metrics, slider, prev, nxt, inspector, tree_plot, plot, length_plot, phase_plot,
                                gr.State(None))
                 view.wire_navigation()
 
@@ -597,12 +612,16 @@ def build_app(models: ModelCache, store: RunStore) -> gr.Blocks:
                 h_stream, h_metrics = build_stream_panel("history-")
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=6, min_width=380):
-                        h_slider, h_prev, h_next, h_inspector = build_inspector_panel("history-")
+                        h_slider, h_prev, h_next, h_inspector, h_tree_plot = build_inspector_panel("history-")
                     with gr.Column(scale=5, min_width=360):
                         h_plot, h_length_plot, h_phase_plot = build_plot_panel("history-")
-                h_view = RunView(h_stream, h_metrics, h_slider, h_prev, h_next, h_inspector, h_plot, h_length_plot,
-                                 h_phase_plot, gr.State(None))
+                h_view = RunView(h_stream, h_metrics, h_slider, h_prev, h_next, h_inspector, h_tree_plot, h_plot,
+                                 h_length_plot, h_phase_plot, gr.State(None))
                 h_view.wire_navigation()
+
+            # ---------------------------------------------------------------- Multi-draft bound
+            with gr.Tab("Multi-draft bound", id="multi-draft", elem_id="tab-multi-draft"):
+                build_multi_draft_tab()
 
         # ==================================================================== handlers
         def pick_example(example_id, current_max):

@@ -1,0 +1,190 @@
+"""Draft trees from a drafter model: static top-k (SpecInfer / Medusa), EAGLE-2's dynamic tree,
+RSD's trees sampled without replacement, and SpecTr's k independent drafts.
+
+All four grow the tree one depth at a time: each level's nodes are fed to the drafter in ONE
+forward pass with tree attention (`CachedCausalLM.forward_tree` on the context prefix), which
+gives every node's next-token distribution. They differ only in which children a node gets:
+
+- static: the top b_d tokens of each node at depth d ("chosen");
+- dynamic (EAGLE-2): only the `width` nodes of a level with the highest path probability
+  (product of drafter probabilities from the root) are expanded, each into its top `width` children;
+  at the end the `nodes` best nodes by path probability are kept (a child never scores above
+  its parent, so the kept set is a tree) ("chosen");
+- rsd: b_d children drawn from q without replacement (Gumbel-top-k), in draw order
+  ("without_replacement"); greedy runs take the top b_d instead;
+- spectr: k drafts drawn independently; the draws that pass through a node go on from it, so
+  the tree is the k sequences merged on shared prefixes, with every draw kept ("iid").
+
+After the verdict the drafter's cache is cropped back to the committed context; the next step
+catches up on the accepted tokens and the target's token in one pass.
+
+Worked example (static, branching "2,1", greedy): context "The cat"; the drafter's top two after
+it are " sat" (0.6), " is" (0.2); after " sat" its top token is " on", after " is" it is " a":
+tree = root -> {" sat" -> " on", " is" -> " a"}, 4 drafted nodes, 2 drafter passes.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from ..causal_lm import CachedCausalLM
+from ..draft_tree import DraftTree
+from ..sampling import SamplingConfig, check_finite, logits_to_probs
+
+
+@dataclass
+class TreeProposal:
+    tree: DraftTree
+    info: dict[str, Any] = field(default_factory=dict)  # as Proposal.info
+
+
+class TreeProposer(Protocol):
+    def start(self, prompt_ids: list[int]) -> None:
+        """Reset per-run state before the first step."""
+
+    def propose_tree(self, context: list[int], max_depth: int, sampling: SamplingConfig,
+                     generator: torch.Generator) -> TreeProposal:
+        """A tree rooted at context[-1], at most max_depth drafted levels deep."""
+
+    def observe(self, accepted: list[int]) -> None:
+        """The verifier accepted these tokens (the accepted path)."""
+
+
+def parse_branching(text: str) -> tuple[int, ...]:
+    """ "3,2,1" -> (3, 2, 1): children per node at depths 1, 2, 3."""
+    return tuple(int(x) for x in str(text).replace(" ", "").split(","))
+
+
+class _TreeDrafter:
+    """The drafter's cache: the committed context, then this step's tree region."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        self.lm: CachedCausalLM | None = None
+        self.prefix = 0
+
+    def start(self) -> None:
+        self.lm = CachedCausalLM(self.model)
+
+    def root(self, context: list[int]) -> torch.Tensor:
+        """Catch up on the context; the drafter's logits after it [vocab]."""
+        assert self.lm is not None, "start() first"
+        self.lm.rollback(min(self.lm.cached_length, len(context) - 1))  # drop the last tree; keep a prefix
+        logits = self.lm.forward(context[self.lm.cached_length :])[-1]
+        self.prefix = len(context)
+        return logits
+
+    def expand(self, tree: DraftTree, nodes: list[int], region: dict[int, int]) -> torch.Tensor:
+        """Feed tree nodes (their ancestors already fed) in one pass; logits after each [len(nodes), vocab].
+
+        `region` maps tree node -> region index and is extended with the new nodes.
+        """
+        assert self.lm is not None
+        parents = [region.get(tree.parents[n], -1) for n in nodes]  # the root is the prefix's last token
+        logits = self.lm.forward_tree([tree.tokens[n] for n in nodes], parents, self.prefix)
+        for n in nodes:
+            region[n] = len(region)
+        return logits
+
+
+def _gumbel_top_k(q: torch.Tensor, k: int, generator: torch.Generator) -> list[int]:
+    """k tokens sampled from q without replacement, in draw order (Gumbel-top-k). q: [vocab]."""
+    support = int((q > 0).sum())
+    u = torch.rand(q.shape, generator=generator, dtype=torch.float64).clamp_min(1e-300)
+    keys = q.double().log() - (-u.log()).log()  # log q + Gumbel noise; -inf where q = 0
+    return torch.topk(keys, min(k, support)).indices.tolist()
+
+
+class ModelTreeProposer:
+    """A drafter model grown into a tree by one of the shapes above (`shape`: static | dynamic | rsd | spectr)."""
+
+    def __init__(self, model: torch.nn.Module, shape: str, branching: tuple[int, ...] = (2, 2, 1),
+                 width: int = 4, nodes: int = 16, depth: int = 4, drafts: int = 3):
+        self.drafter = _TreeDrafter(model)
+        self.shape = shape
+        self.branching = branching  # static, rsd
+        self.width, self.nodes = width, nodes  # dynamic
+        self.depth = depth if shape in ("dynamic", "spectr") else len(branching)
+        self.drafts = drafts  # spectr
+
+    def start(self, prompt_ids: list[int]) -> None:
+        self.drafter.start()
+
+    def observe(self, accepted: list[int]) -> None:
+        pass  # the next root() crops the tree away and catches up on what was accepted
+
+    def propose_tree(self, context: list[int], max_depth: int, sampling: SamplingConfig,
+                     generator: torch.Generator) -> TreeProposal:
+        tree = DraftTree.rooted_at(context[-1])
+        depth = min(self.depth, max_depth)
+        if depth <= 0:
+            return TreeProposal(tree, {"summary": "the token budget leaves nothing to draft"})
+        region: dict[int, int] = {}
+        logits = self.drafter.root(context)[None]  # [1, vocab]
+        frontier, multiplicity = [0], {0: self.drafts}
+        path = {0: 1.0}
+        passes = 1
+        for d in range(depth):
+            # 1. the drafter's distribution at every frontier node (fed in one pass, except the root)
+            check_finite(logits, "drafter")
+            q = logits_to_probs(logits, sampling)  # [len(frontier), vocab]
+            # 2. each frontier node's children
+            level = []
+            for row, node in enumerate(frontier):
+                for token in self._children(node, q[row], d, sampling, generator, tree, multiplicity):
+                    child = tree.add(node, token, float(q[row, token]))
+                    path[child] = path[node] * float(q[row, token])
+                    level.append(child)
+            # 3. which of them grow next (EAGLE-2: only the likeliest paths); feed those, unless this is the last level
+            frontier = sorted(level, key=lambda n: -path[n])[: self.width] if self.shape == "dynamic" else level
+            if d + 1 < depth and frontier:
+                logits = self.drafter.expand(tree, frontier, region)
+                passes += 1
+        if self.shape == "dynamic":
+            tree = _keep_best(tree, path, self.nodes)
+        return TreeProposal(tree, self._info(tree, passes))
+
+    def _children(self, node: int, q: torch.Tensor, d: int, sampling: SamplingConfig, generator: torch.Generator,
+                  tree: DraftTree, multiplicity: dict[int, int]) -> list[int]:
+        """The child tokens of `node` at depth d + 1; records how they were drawn on the tree."""
+        if self.shape == "spectr" and not sampling.greedy:
+            draws = torch.multinomial(q, multiplicity[node], replacement=True, generator=generator).tolist()
+            tree.child_draw[node], tree.child_q[node] = "iid", q
+            counts = Counter(draws)
+            children = list(dict.fromkeys(draws))  # first-draw order
+            tree.draws[node] = [len(tree) + children.index(t) for t in draws]  # child indices once added
+            for token in children:
+                multiplicity[len(tree) + children.index(token)] = counts[token]
+            return children
+        width = self.width if self.shape == "dynamic" else 1 if self.shape == "spectr" else self.branching[d]
+        if self.shape == "rsd" and not sampling.greedy:
+            tree.child_draw[node], tree.child_q[node] = "without_replacement", q
+            return _gumbel_top_k(q, width, generator)
+        if self.shape == "spectr":
+            multiplicity[len(tree)] = multiplicity[node]  # greedy: every draft is the same chain
+        return torch.topk(q, min(width, int((q > 0).sum()))).indices.tolist()
+
+    def _info(self, tree: DraftTree, passes: int) -> dict[str, Any]:
+        depths = tree.depths()
+        shape = {"static": f"static top-k tree, branching {','.join(map(str, self.branching))}",
+                 "dynamic": f"EAGLE-2 dynamic tree: expand the top {self.width} by path probability, keep {self.nodes}",
+                 "rsd": f"RSD tree sampled without replacement, branching {','.join(map(str, self.branching))}",
+                 "spectr": f"SpecTr: {self.drafts} independent drafts merged on shared prefixes"}[self.shape]
+        return {"summary": f"{shape}: {len(tree) - 1} nodes, depth {max(depths)}, {passes} drafter passes",
+                "nodes": len(tree) - 1, "depth": max(depths), "drafter_passes": passes}
+
+
+def _keep_best(tree: DraftTree, path: dict[int, float], budget: int) -> DraftTree:
+    """The `budget` drafted nodes with the highest path probability, re-indexed parents first."""
+    ranked = sorted(range(1, len(tree)), key=lambda n: (-path[n], n))[:budget]
+    keep = sorted(ranked)  # parents have smaller indices and at least their children's path probability
+    pruned = DraftTree.rooted_at(tree.tokens[0])
+    new_index = {0: 0}
+    for n in keep:
+        if tree.parents[n] in new_index:  # ties could drop a parent: then the child goes too
+            new_index[n] = pruned.add(new_index[tree.parents[n]], tree.tokens[n], tree.draft_probs[n], tree.sources[n])
+    return pruned
