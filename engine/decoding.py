@@ -135,17 +135,7 @@ class SpeculativeDecoder:
                 output=output_token(verdict, target_probs[n], bool(draft), detok, sampling),
                 new_tokens=tuple(NewToken(t, detok.push(t), kind) for t, kind in zip(committed, kinds)),
                 target_forwards=1 + (prefill_forwards if step == 0 else 0),  # the prefill counts in step 0
-                timings=PhaseTimings(
-                    draft_s=drafted_at - step_start,
-                    verify_s=verified_at - drafted_at,
-                    overhead_s=time.perf_counter() - verified_at,
-                    start_s=step_start - run_start - paused,
-                    end_s=time.perf_counter() - run_start - paused,
-                    phases=(
-                        WorkerPhase("drafter", "draft", step_start - run_start - paused, drafted_at - run_start - paused),
-                        WorkerPhase("target", "verify", drafted_at - run_start - paused, verified_at - run_start - paused),
-                    ) if draft else (),
-                ),
+                timings=step_timings(step_start, drafted_at, verified_at, run_start + paused, bool(draft)),
                 stop_reason=stop_reason,
                 proposer_info=proposal.info,
             )
@@ -155,6 +145,23 @@ class SpeculativeDecoder:
             if stop_reason is not None:
                 return
             step += 1
+
+
+def step_timings(step_start: float, drafted_at: float, verified_at: float, origin: float, drafted: bool) -> PhaseTimings:
+    """A draft-then-verify step's timings from perf_counter readings; `origin` is the engine clock's zero
+    (run start + time paused at yields). Drafting and verifying alternate on one worker each."""
+    now = time.perf_counter()
+    return PhaseTimings(
+        draft_s=drafted_at - step_start,
+        verify_s=verified_at - drafted_at,
+        overhead_s=now - verified_at,
+        start_s=step_start - origin,
+        end_s=now - origin,
+        phases=(
+            WorkerPhase("drafter", "draft", step_start - origin, drafted_at - origin),
+            WorkerPhase("target", "verify", drafted_at - origin, verified_at - origin),
+        ) if drafted else (),
+    )
 
 
 def verify_chain(

@@ -15,10 +15,10 @@ from collections.abc import Iterator
 import torch
 
 from .causal_lm import CachedCausalLM
-from .decoding import SpeculativeDecoder, commit, output_token, top_candidates
+from .decoding import SpeculativeDecoder, commit, output_token, step_timings, top_candidates
 from .detokenize import IncrementalDetokenizer
 from .draft_tree import DraftTree, TreeVerdict, verify_tree_greedy, verify_tree_sampling
-from .events import DraftedToken, LengthDecision, NewToken, PhaseTimings, StepEvent, TreeNode, WorkerPhase
+from .events import DraftedToken, LengthDecision, NewToken, StepEvent, TreeNode
 from .models import LoadedModel
 from .proposers.model_trees import TreeProposer
 from .sampling import SamplingConfig, check_finite, logits_to_probs
@@ -87,17 +87,7 @@ class TreeDecoder(SpeculativeDecoder):
                 output=output_token(verdict, target_probs[last], len(tree) > 1, detok, sampling),
                 new_tokens=tuple(NewToken(t, detok.push(t), kind) for t, kind in zip(committed, kinds)),
                 target_forwards=1 + (prefill_forwards if step == 0 else 0),
-                timings=PhaseTimings(
-                    draft_s=drafted_at - step_start,
-                    verify_s=verified_at - drafted_at,
-                    overhead_s=time.perf_counter() - verified_at,
-                    start_s=step_start - run_start - paused,
-                    end_s=time.perf_counter() - run_start - paused,
-                    phases=(
-                        WorkerPhase("drafter", "draft", step_start - run_start - paused, drafted_at - run_start - paused),
-                        WorkerPhase("target", "verify", drafted_at - run_start - paused, verified_at - run_start - paused),
-                    ) if len(tree) > 1 else (),
-                ),
+                timings=step_timings(step_start, drafted_at, verified_at, run_start + paused, len(tree) > 1),
                 stop_reason=stop_reason,
                 proposer_info=proposal.info,
                 tree=nodes,

@@ -9,7 +9,7 @@ run, on the same prompt, seed and machine, one after the other (never concurrent
 decoding unless --temperature is given; under greedy every row also says whether the text is
 identical to the baseline. Results print as Markdown tables and optionally go to a JSON file.
 Every run gets its prompt's passage as the attached document (see `prompt_passage`), which
-retrieval drafting (rasd) drafts from and the other strategies ignore.
+retrieval drafting (rasd, rasd_tree) drafts from and the other strategies ignore.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Command line: `specviz run`, `specviz strategies`, `specviz bench`, `specviz train-drafter`, `specviz train-predictor`.
+"""Command line: `specviz run`, `strategies`, `bench`, `train-drafter`, `train-predictor`, `train-diffusion`.
 
 User mistakes (bad parameters, empty prompts, unknown models) print one line to stderr and exit
 with status 2; nothing prints a traceback for them.
@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--strategy", required=True, help="strategy name (see `specviz strategies`)")
     run.add_argument("--target", default=EMBEDDED_DEFAULT, help=f"target model: hub id or folder (default {EMBEDDED_DEFAULT})")
     run.add_argument("--drafter", help="drafter model for draft_model: hub id, folder, or early-exit:N")
-    run.add_argument("--document", metavar="FILE", help="UTF-8 text file attached to the run, for retrieval drafting (rasd)")
+    run.add_argument("--document", metavar="FILE", help="UTF-8 text file attached to the run, for retrieval drafting (rasd, rasd_tree)")
     run.add_argument("--max-new-tokens", type=int, default=128)
     run.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     run.add_argument("--top-k", type=int, default=0)
@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("bench", help="benchmark strategies on the prompt suite (specviz bench --help)", add_help=False)
     sub.add_parser("train-drafter", help="train small drafters for a target (specviz train-drafter --help)", add_help=False)
     sub.add_parser("train-predictor", help="fit SpecDec++'s acceptance predictor (specviz train-predictor --help)",
+                   add_help=False)
+    sub.add_parser("train-diffusion", help="train the masked-diffusion drafter (specviz train-diffusion --help)",
                    add_help=False)
     return parser
 
@@ -148,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
             from .training.predictor import main as predictor_main
 
             return predictor_main(argv[1:])
+        if argv[:1] == ["train-diffusion"]:
+            from .training.diffusion import main as diffusion_main
+
+            return diffusion_main(argv[1:])
         try:
             args = build_parser().parse_args(argv)
         except SystemExit as exc:  # argparse's usage errors and --help

@@ -40,7 +40,7 @@ class RunRequest:
     raw: bool = False  # True: no chat template
     source: str = "cli"  # who started it: cli | ui | bench
     group_id: str | None = None  # links the runs of one comparison or benchmark
-    document: str | None = None  # text attached to the run for retrieval drafting (rasd); others ignore it
+    document: str | None = None  # text attached to the run for retrieval drafting (rasd, rasd_tree); others ignore it
 
 
 @dataclass

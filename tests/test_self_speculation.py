@@ -110,10 +110,17 @@ def test_double_early_exit_greedy_equals_baseline_and_stops_when_unsure(stop_bel
 
 
 def first_two_counts(tiny_target, make_proposer, settings: dict, prompt: list[int]) -> dict[tuple[int, int], int]:
+    def make_decoder(seed: int) -> SpeculativeDecoder:
+        proposer, policy = make_proposer()
+        return SpeculativeDecoder(tiny_target, proposer, policy, SamplingConfig(**settings, seed=seed))
+    return first_two_counts_of(make_decoder, prompt)
+
+
+def first_two_counts_of(make_decoder, prompt: list[int]) -> dict[tuple[int, int], int]:
+    """The first two output tokens of N_RUNS runs, make_decoder(seed) for seed 0..N_RUNS-1."""
     counts: dict[tuple[int, int], int] = {}
     for seed in range(N_RUNS):
-        proposer, policy = make_proposer()
-        decoder = SpeculativeDecoder(tiny_target, proposer, policy, SamplingConfig(**settings, seed=seed))
+        decoder = make_decoder(seed)
         tokens: list[int] = []
         for event in decoder.generate(prompt, 3):
             tokens.extend(t.token_id for t in event.new_tokens)

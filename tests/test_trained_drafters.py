@@ -305,6 +305,12 @@ def test_model_card_lists_what_the_folder_holds(tiny_folder):
     write_model_card(tiny_folder)
     card = (tiny_folder / "README.md").read_text()
     assert "`kangaroo:2`" in card and "`distilled`" in card and "distilled.safetensors" in card
+    # sections other commands add (train-predictor, train-diffusion) survive a rewrite; its own are not doubled
+    (tiny_folder / "README.md").write_text(card + "\n## SpecDec++ acceptance predictor\n\nweights here\n")
+    write_model_card(tiny_folder)
+    rewritten = (tiny_folder / "README.md").read_text()
+    assert "## SpecDec++ acceptance predictor" in rewritten and "weights here" in rewritten
+    assert rewritten.count("## Drafters") == 1 and rewritten.count("## Files") == 1
 
 
 # --------------------------------------------------------------------------- training prompts

@@ -15,6 +15,7 @@ from engine.proposers.model_trees import ModelTreeProposer
 from engine.strategies import TREE_STRATEGIES, parse_strategy
 from engine.tree_decoding import TreeDecoder
 from test_engine_tiny import ALPHA, N_RUNS, PROMPTS, SAMPLINGS, exact_first_two, lookup_friendly_prompt
+from test_self_speculation import first_two_counts_of
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -92,19 +93,6 @@ def test_ngram_continuations_merge_into_a_tree():
     assert tree.children(0) == [1, 3] and [tree.tokens[c] for c in tree.children(1)] == [7, 9]  # 3 is shared
 
 
-def _first_two_counts(tiny_target, make, settings, prompt):
-    counts: dict[tuple[int, int], int] = {}
-    for seed in range(N_RUNS):
-        decoder = TreeDecoder(tiny_target, make(), SamplingConfig(**settings, seed=seed))
-        tokens: list[int] = []
-        for event in decoder.generate(prompt, 3):
-            tokens.extend(t.token_id for t in event.new_tokens)
-            if len(tokens) >= 2:
-                break
-        counts[(tokens[0], tokens[1])] = counts.get((tokens[0], tokens[1]), 0) + 1
-    return counts
-
-
 # Every verification rule under both samplings; the other shapes under one each (the rules are also
 # checked exactly, by enumeration, in test_draft_tree.py).
 SAMPLING_CASES = [("rsd", "t1"), ("rsd", "t0.7-k8-p0.9"), ("spectr", "t1"), ("spectr", "t0.7-k8-p0.9"),
@@ -119,7 +107,8 @@ def test_sampling_first_two_tokens_follow_the_target(shape, sampling_name, tiny_
     reference = SamplingConfig(**settings)
     prompt = lookup_friendly_prompt(tiny_target.model, reference)
     expected = exact_first_two(tiny_target.model, prompt, reference)
-    counts = _first_two_counts(tiny_target, proposers(tiny_noisy_drafter.model)[shape], settings, prompt)
+    make = proposers(tiny_noisy_drafter.model)[shape]
+    counts = first_two_counts_of(lambda seed: TreeDecoder(tiny_target, make(), SamplingConfig(**settings, seed=seed)), prompt)
     assert set(counts) <= set(expected), "a token pair the target cannot produce was generated"
     stat, df = chi_square_statistic(counts, expected, N_RUNS)
     critical = chi_square_critical(df, ALPHA)

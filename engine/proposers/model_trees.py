@@ -55,8 +55,8 @@ class TreeProposer(Protocol):
 
 
 def parse_branching(text: str) -> tuple[int, ...]:
-    """ "3,2,1" -> (3, 2, 1): children per node at depths 1, 2, 3."""
-    return tuple(int(x) for x in str(text).replace(" ", "").split(","))
+    """ "3,2,1" (or "3-2-1") -> (3, 2, 1): children per node at depths 1, 2, 3."""
+    return tuple(int(x) for x in str(text).replace(" ", "").replace("-", ",").split(","))
 
 
 class _TreeDrafter:

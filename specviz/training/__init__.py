@@ -7,5 +7,7 @@
 - `data.py`     the target generates continuations of those prompts; its top-K distributions
                 and a token-frequency table (the VocabTrim list) are cached for reuse;
 - `distill.py`  distils a few-layer drafter and Kangaroo adapters on that data, evaluates
-                held-out agreement with the target and writes weights, configs and a model card.
+                held-out agreement with the target and writes weights, configs and a model card;
+- `predictor.py` fits SpecDec++'s acceptance predictor (`specviz train-predictor`);
+- `diffusion.py` trains a masked-diffusion block drafter on the same data (`specviz train-diffusion`).
 """

@@ -512,7 +512,25 @@ def write_model_card(out: Path) -> None:
         lines.append("")
     sizes = {p.name: p.stat().st_size for p in sorted(out.glob("*.safetensors"))}
     lines += ["## Files", ""] + [f"- `{name}`: {size / 1e6:.1f} MB" for name, size in sizes.items()] + [""]
+    # sections other commands wrote into the card (train-predictor, train-diffusion) are kept
+    existing = (out / CARD_FILE).read_text() if (out / CARD_FILE).is_file() else ""
+    lines += other_sections(existing, {line for line in lines if line.startswith("## ")})
     (out / CARD_FILE).write_text("\n".join(lines))
+
+
+def other_sections(text: str, own_headings: set[str]) -> list[str]:
+    """The lines of the "## " sections of `text` whose headings are not in `own_headings`.
+
+    >>> other_sections("# T\n## Data\nd\n## Mine\nm\n", {"## Data"})
+    ['## Mine', 'm']
+    """
+    kept, keep = [], False
+    for line in text.splitlines():
+        if line.startswith("## "):
+            keep = line not in own_headings
+        if keep:
+            kept.append(line)
+    return kept
 
 
 # --------------------------------------------------------------------------- the command

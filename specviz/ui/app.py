@@ -454,7 +454,8 @@ def build_document_controls(prefix: str) -> tuple[gr.Textbox, gr.File]:
         _explain(
             "The **rasd** strategy drafts from this text: it finds the last few tokens of the text so far in the "
             "document and proposes what follows them there, where the drafter model finds it likely enough (tau); "
-            "the drafter can then add tokens of its own (drafter_tokens). "
+            "the drafter can then add tokens of its own (drafter_tokens). **rasd_tree** merges several retrieved "
+            "continuations into the drafter's tree instead. "
             f"Other strategies ignore it. Paste text or upload a UTF-8 text file of at most {MAX_DOCUMENT_BYTES // 1_000_000} MB."
         )
         document = gr.Textbox("", label="Document", lines=4, max_lines=12, elem_id=f"{prefix}document",
