@@ -69,8 +69,12 @@ def _verify_line(points: Sequence[tuple[int, float]]) -> tuple[float, float, str
 
 
 def oracle_report(events: Sequence[StepEvent]) -> OracleReport | None:
-    """The hindsight-optimal length per step and the run's distance from it; None for a run without steps."""
-    if not events:
+    """The hindsight-optimal length per step and the run's distance from it.
+
+    None for a run without steps, and for tree runs: the oracle prices chain lengths, and a
+    tree's cost and gain do not follow its node count along one path.
+    """
+    if not events or any(e.tree for e in events):
         return None
     drafted_total = sum(e.num_drafted for e in events)
     draft_per_token = sum(e.timings.draft_s for e in events if e.num_drafted) / drafted_total if drafted_total else 0.0

@@ -10,6 +10,7 @@ from engine import SamplingConfig, SpeculativeDecoder, run_to_completion
 from engine.api import build_decoder
 from engine.errors import ConfigError
 from engine.models import ModelCache
+from engine.oracle import oracle_report
 from engine.proposers.lookup_trees import FusedRetrievalTreeProposer, LookupTreeProposer, ngram_continuations
 from engine.proposers.model_trees import ModelTreeProposer
 from engine.strategies import TREE_STRATEGIES, parse_strategy
@@ -64,6 +65,7 @@ def test_every_step_is_one_target_forward_pass(tiny_target, tiny_noisy_drafter):
     assert [e.target_forwards for e in result.events] == [2] + [1] * (len(result.events) - 1)  # step 0: + prefill
     assert result.metrics.target_forwards == len(result.events) + 1
     assert max(len(e.tree) for e in result.events) == 1 + 3 + 6
+    assert oracle_report(result.events) is None  # the chain oracle does not price trees
 
 
 def test_a_tree_hedges_where_a_chain_guesses(tiny_target, tiny_noisy_drafter):
