@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 
 from .errors import ConfigError, ModelLoadError
 from .models import LoadedModel, meta_causal_lm
-from .trained_drafters import _check_target, drafters_dir
+from .trained_drafters import check_target, drafters_dir
 from .vocab_trim import masked_logit
 
 DIFFUSION = "diffusion"
@@ -244,7 +244,7 @@ def load_diffusion_drafter(target: LoadedModel, folder: Path | str | None = None
     """
     folder = Path(folder) if folder is not None else drafters_dir(target.name)
     config = read_diffusion_config(folder)
-    _check_target(config, target, folder)
+    check_target(config, target, folder)
     try:
         drafter = MaskedDiffusionDrafter(target, DiffusionConfig(
             int(config["context"]), int(config["block"]), tuple(int(i) for i in config["source_layers"])))

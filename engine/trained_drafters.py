@@ -217,7 +217,8 @@ def available(folder: Path) -> dict[str, object]:
     return out
 
 
-def _check_target(config: dict, target: LoadedModel, folder: Path) -> None:
+def check_target(config: dict, target: LoadedModel, folder: Path) -> None:
+    """ModelLoadError unless the weights described by `config` (from `folder`) were trained for this target's shape."""
     shape = {
         "hidden_size": target.model.config.hidden_size,
         "vocab_size": target.model.config.vocab_size,
@@ -250,7 +251,7 @@ def load_trained_drafter(target: LoadedModel, spec: str, vocab_trim: int = 0, fo
             f"(train them with `specviz train-drafter --out {folder}`)"
         )
     config = read_config(folder, parsed.kind)
-    _check_target(config, target, folder)
+    check_target(config, target, folder)
     if not isinstance(vocab_trim, int) or isinstance(vocab_trim, bool) or vocab_trim < 0:
         raise ModelLoadError(f"vocab_trim must be an integer >= 0 (0 = full vocabulary), got {vocab_trim!r}")
     keep = kept_ids(load_frequency_order(folder / FREQUENCY_FILE), vocab_trim) if vocab_trim else None
