@@ -77,6 +77,19 @@ def test_a_tree_hedges_where_a_chain_guesses(tiny_target, tiny_noisy_drafter):
     assert tree.metrics.mean_acceptance_length > chain.metrics.mean_acceptance_length
 
 
+@pytest.mark.parametrize("shape", ["static", "dynamic"])
+def test_the_target_as_its_own_tree_drafter_gets_every_level_accepted(shape, tiny_target):
+    """Checks the drafter's cache bookkeeping across steps: the target drafting for itself puts its own
+    argmax path in the tree, so every step accepts the full depth. A drafter cache that kept tree
+    nodes instead of the accepted path would draft from a wrong context and fall short."""
+    make = {"static": lambda: ModelTreeProposer(tiny_target.model, "static", branching=(2, 2, 1)),
+            "dynamic": lambda: ModelTreeProposer(tiny_target.model, "dynamic", width=2, nodes=10, depth=3)}[shape]  # keeps all
+    result = run_to_completion(TreeDecoder(tiny_target, make()), PROMPTS[0], 40)
+    full = [e for e in result.events if e.stop_reason is None]
+    assert len(full) >= 5
+    assert all(e.num_accepted == max(n.depth for n in e.tree) == 3 for e in full)
+
+
 def test_dynamic_tree_keeps_the_likeliest_nodes_and_stays_a_tree(tiny_target, tiny_noisy_drafter):
     proposer = ModelTreeProposer(tiny_noisy_drafter.model, "dynamic", width=3, nodes=6, depth=4)
     proposer.start(PROMPTS[0])

@@ -69,11 +69,14 @@ class _TreeDrafter:
 
     def start(self) -> None:
         self.lm = CachedCausalLM(self.model)
+        self.prefix = 0
 
     def root(self, context: list[int]) -> torch.Tensor:
         """Catch up on the context; the drafter's logits after it [vocab]."""
         assert self.lm is not None, "start() first"
-        self.lm.rollback(min(self.lm.cached_length, len(context) - 1))  # drop the last tree; keep a prefix
+        # drop the last step's tree region (slots after its prefix hold tree nodes in feed order, not the
+        # accepted path), then catch up on the accepted tokens and the target's token
+        self.lm.rollback(min(self.lm.cached_length, self.prefix, len(context) - 1))
         logits = self.lm.forward(context[self.lm.cached_length :])[-1]
         self.prefix = len(context)
         return logits
