@@ -17,13 +17,17 @@ from .policies import (
     AcceptanceFeedbackLength,
     AcceptancePredictorStop,
     ConfidenceStop,
+    DiffusionDraftLength,
     ConstantLength,
     DraftLengthPolicy,
     HeuristicLength,
     TrainedPredictor,
 )
 from .proposers import AdaptiveNgramProposer, DraftModelProposer, PromptLookupProposer
+from .proposers.diffusion import DiffusionProposer
 from .proposers.dynamic_exit import DynamicExitProposer
+from .diffusion_drafter import load_diffusion_drafter
+from .token_lattice import DrafterCausalScorer, NgramCausalScorer
 from .trained_drafters import kangaroo_agreement, load_acceptance_predictor
 from .proposers.retrieval import RetrievalProposer
 from .proposers.cross_vocab import CrossVocabProposer
@@ -36,6 +40,7 @@ from .strategies import (
     AutoregressiveConfig,
     ChainDrafting,
     CrossVocabConfig,
+    DiffusionDraftingConfig,
     DraftModelConfig,
     DynamicExitConfig,
     DynamicTreeConfig,
@@ -110,6 +115,8 @@ def build_decoder(
         return _dynamic_exit_decoder(strategy, target, models, sampling)
     if isinstance(strategy, (ModelTreeDrafting, LookupTreeConfig)):
         return _tree_decoder(strategy, target, models, sampling, progress, document)
+    if isinstance(strategy, DiffusionDraftingConfig):
+        return _diffusion_decoder(strategy, target, models, sampling, progress)
     if isinstance(strategy, PearlConfig):
         drafter = models.drafter(target, strategy.drafter, progress=progress, vocab_trim=strategy.vocab_trim)
         return PearlDecoder(target, drafter.model, strategy.gamma, sampling)
@@ -187,6 +194,27 @@ def _tree_decoder(strategy: StrategyConfig, target: LoadedModel, models: ModelCa
         proposer = FusedRetrievalTreeProposer(proposer, document_ids, strategy.k, strategy.max_candidates,
                                               strategy.min_match, strategy.max_match)
     return TreeDecoder(target, proposer, sampling)
+
+
+def _diffusion_decoder(strategy: DiffusionDraftingConfig, target: LoadedModel, models: ModelCache,
+                       sampling: SamplingConfig, progress) -> SpeculativeDecoder:
+    """Diffusion drafting: the target's trained diffusion drafter, a lattice path search and ADL."""
+    drafter = load_diffusion_drafter(target, vocab_trim=strategy.vocab_trim)
+    block = drafter.config.block
+    if strategy.max_k > block:
+        raise ConfigError("max_k", f"the diffusion drafter fills {block} positions per pass; max_k must be <= {block}, "
+                                   f"got {strategy.max_k}")
+    scorer = None
+    if strategy.search == "cps":
+        scorer = (NgramCausalScorer() if strategy.causal == "ngram" else DrafterCausalScorer(
+            models.drafter(target, strategy.drafter, progress=progress, vocab_trim=strategy.vocab_trim).model))
+    policy = (DiffusionDraftLength(strategy.k, strategy.max_k) if strategy.length_policy == "adl"
+              else ConstantLength(strategy.k))
+    proposer = DiffusionProposer(
+        drafter, block, strategy.search, scorer, strategy.causal_weight, strategy.beam, strategy.candidates,
+        target.eos_token_ids, policy if isinstance(policy, DiffusionDraftLength) else None,
+    )
+    return SpeculativeDecoder(target, proposer, policy, sampling)
 
 
 def _dynamic_exit_decoder(

@@ -12,6 +12,7 @@ and gets k + 1 next-token distributions. After the verdict the cache is cropped 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 
@@ -22,6 +23,7 @@ from .detokenize import IncrementalDetokenizer
 from .errors import PromptError
 from .events import (
     DraftedToken,
+    LatticeColumn,
     LengthDecision,
     NewToken,
     OutputToken,
@@ -35,6 +37,7 @@ from .policies import ConstantLength, DraftLengthPolicy
 from .proposers.base import Proposal, Proposer
 from .sampling import SamplingConfig, check_finite, logits_to_probs
 from .draft_tree import TreeVerdict
+from .token_lattice import LatticeDraft
 from .verification import ChainVerdict, verify_greedy, verify_rejection_sampling
 
 TOP_CANDIDATES = 5  # how many of the target's best tokens each event records per position
@@ -138,6 +141,7 @@ class SpeculativeDecoder:
                 timings=step_timings(step_start, drafted_at, verified_at, run_start + paused, bool(draft)),
                 stop_reason=stop_reason,
                 proposer_info=proposal.info,
+                lattice=lattice_columns(proposal.lattice, draft, detok),
             )
             yielded_at = time.perf_counter()
             yield event
@@ -236,6 +240,28 @@ def drafted_tokens(
             )
         )
     return tuple(out)
+
+
+def lattice_columns(lattice_draft: LatticeDraft | None, draft: list[int],
+                    detok: IncrementalDetokenizer) -> tuple[LatticeColumn, ...]:
+    """A diffusion step's lattice for the event: every block position's candidates, and the path over the draft."""
+    if lattice_draft is None:
+        return ()
+    lattice, columns = lattice_draft.lattice, []
+    for i in range(lattice.length):
+        ids, probs = lattice.candidate_ids[i].tolist(), lattice.candidate_probs[i].tolist()
+        candidates = tuple(TokenCandidate(t, detok.piece(t), p) for t, p in zip(ids, probs) if p > 0)
+        if i >= len(draft):
+            columns.append(LatticeColumn(i, candidates))
+            continue
+        token = draft[i]
+        causal = lattice_draft.causal_logprobs[i] if i < len(lattice_draft.causal_logprobs) else None
+        columns.append(LatticeColumn(
+            i, candidates, token, detok.piece(token), lattice_draft.path_probs[i],
+            next((r for r, c in enumerate(candidates) if c.token_id == token), None),
+            None if causal is None else math.exp(causal),
+        ))
+    return tuple(columns)
 
 
 def output_token(

@@ -117,6 +117,25 @@ class TreeNode:
 
 
 @dataclass(frozen=True)
+class LatticeColumn:
+    """One position of a diffusion drafter's token lattice, and the draft path's choice there.
+
+    A masked-diffusion drafter fills every position of a block in one pass; column i holds its top
+    candidates for the token at context_length + i. The path search (CPS) picks one candidate per
+    proposed position; columns past the proposed length (ADL's cut, an EOS) have no path token. The
+    verdict of a path token is the verdict of StepEvent.draft[position].
+    """
+
+    position: int  # 0-based offset after the context (= the draft position)
+    candidates: tuple[TokenCandidate, ...]  # the drafter's top candidates here, most likely first
+    path_token_id: int | None = None  # the token the path takes here (None: not proposed)
+    path_text: str | None = None
+    path_prob: float | None = None  # the drafter's probability of the path token at this position
+    path_rank: int | None = None  # its rank among `candidates` (0 = the top one)
+    causal_prob: float | None = None  # the causal scorer's probability of it after the path so far (None: not scored)
+
+
+@dataclass(frozen=True)
 class StepEvent:
     index: int  # 0-based step number
     context_length: int  # tokens in the context (prompt + output) before this step
@@ -136,6 +155,8 @@ class StepEvent:
     # Tree strategies: the whole draft tree with verdicts (root first); empty for chains. `draft` then
     # lists the drafted nodes (the root excluded) in the same order, position = depth - 1.
     tree: tuple[TreeNode, ...] = ()
+    # Diffusion strategies: the drafter's token lattice with the path taken through it; empty otherwise.
+    lattice: tuple[LatticeColumn, ...] = ()
 
     @property
     def num_drafted(self) -> int:

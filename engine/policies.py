@@ -109,6 +109,50 @@ class AcceptanceFeedbackLength:
                         f"K = round({self.ema:.2f}) + 1 = {self.k}" + (" (was {})".format(previous) if previous != self.k else ""))
 
 
+class DiffusionDraftLength(AcceptanceFeedbackLength):
+    """DiffuSpec's adaptive draft length (ADL) for a diffusion drafter: recent acceptance and generated length.
+
+    A diffusion drafter fills its whole block in one pass whatever K is, so K only decides how
+    much of the block the target verifies. Two moving averages drive it (same beta):
+    - the accepted length, as in `AcceptanceFeedbackLength`: K = round(ema_accepted) + 1;
+    - the generated length: how far the drafter's text went before it put an EOS (the whole
+      block when it put none), reported by the proposer each step: near the end of an answer
+      the drafter's own EOS caps K at ceil(ema_generated).
+    K = min(round(ema_accepted) + 1, ceil(ema_generated)), within [1, max_k].
+
+    Example (beta 0.5, max_k 8, K starts at 4: ema_accepted 3, ema_generated 8): the drafter puts
+    EOS at block position 2 (generated 3) and 3 of 3 are accepted -> ema_accepted 3.0,
+    ema_generated 5.5, K = min(4, 6) = 4; next 0 of 4 accepted, generated 8 -> 1.5 and 6.75, K = 3.
+    """
+
+    def __init__(self, k: int, max_k: int, beta: float = 0.5):
+        super().__init__(k, max_k, beta)
+        self.ema_generated = float(max_k)
+        self._generated: int | None = None
+        self._reason = f"starting K = {k} (moving averages: accepted length {self.ema:.2f}, generated length {self.ema_generated:.2f})"
+
+    def record_generated(self, length: int) -> None:
+        """The drafter's generated length this step: block positions up to and including its first EOS."""
+        self._generated = length
+
+    def update(self, drafted: int, accepted: int) -> None:
+        if drafted == 0:
+            return
+        before_acc, before_gen = self.ema, self.ema_generated
+        generated = self._generated if self._generated is not None else self.max_k
+        self.ema = (1 - self.beta) * self.ema + self.beta * accepted
+        self.ema_generated = (1 - self.beta) * self.ema_generated + self.beta * generated
+        by_acceptance, by_length = round(self.ema) + 1, math.ceil(self.ema_generated - 1e-9)
+        previous, self.k = self.k, max(1, min(self.max_k, by_acceptance, by_length))
+        self._last = {"previous_drafted": drafted, "previous_accepted": accepted, "generated": generated,
+                      "ema_generated": round(self.ema_generated, 4)}
+        bound = "generated length" if by_length < min(by_acceptance, self.max_k) else "accepted length"
+        self._reason = (f"{accepted} of {drafted} accepted, drafter text ran {generated} positions: accepted-length "
+                        f"average {before_acc:.2f} -> {self.ema:.2f}, generated-length average {before_gen:.2f} -> "
+                        f"{self.ema_generated:.2f}; K = min(round({self.ema:.2f}) + 1, ceil({self.ema_generated:.2f}), "
+                        f"max {self.max_k}) = {self.k}, set by the {bound}" + (f" (was {previous})" if previous != self.k else ""))
+
+
 class ConfidenceStop:
     """Draft until the drafter's top probability falls below a threshold that adapts to the verdicts.
 

@@ -472,6 +472,58 @@ class RasdTreeConfig(DynamicTreeConfig):
 TREE_STRATEGIES = ("static_tree", "dynamic_tree", "rsd", "spectr", "lookup_tree", "rasd_tree")
 
 
+DIFFUSION_LENGTH_POLICIES = ("adl", "constant")
+DIFFUSION_SEARCHES = ("cps", "top1")
+CAUSAL_SCORERS = ("ngram", "drafter")
+
+
+@dataclass(frozen=True)
+class DiffusionDraftingConfig(StrategyConfig):
+    name: ClassVar[str] = "diffusion"
+    lossless: ClassVar[bool] = True
+    description: ClassVar[str] = (
+        "Diffusion drafting (DiffuSpec / DEER): a masked-diffusion drafter fills a block of positions in one pass, "
+        "giving a token lattice; a causal-consistency path search (CPS) takes a coherent left-to-right path through "
+        "it, an adaptive draft length (ADL) sets how much of it the target verifies as a chain."
+    )
+    k: int = param(4, "starting draft length (ADL adapts it; constant keeps it)")
+    length_policy: str = param(
+        "adl", "adl (moving averages of accepted length and the drafter's generated length, DiffuSpec) or constant",
+        DIFFUSION_LENGTH_POLICIES,
+    )
+    max_k: int = param(8, "cap on the draft length (at most the drafter's block: 8 for the shipped drafter)")
+    search: str = param(
+        "cps", "cps: the best path by drafter + causal score (beam search); top1: each position's own top candidate "
+        "(under sampling: a draw from each position's distribution)", DIFFUSION_SEARCHES,
+    )
+    causal: str = param(
+        "ngram", "CPS's causal score: ngram (the context's own n-grams, nearly free) or drafter (the autoregressive "
+        "drafter, one pass per position)", CAUSAL_SCORERS,
+    )
+    causal_weight: float = param(0.5, "weight of the causal score against the drafter's log-probability in CPS")
+    beam: int = param(4, "CPS beam width")
+    candidates: int = param(4, "lattice width: candidates kept per position (searched by CPS, shown in the lattice)")
+    drafter: str = param("distilled", "the autoregressive drafter CPS scores with when causal=drafter (as in draft_model)")
+    vocab_trim: int = param(8192, "VocabTrim for the diffusion drafter's head and the causal drafter (0 = all tokens)")
+
+    def __post_init__(self) -> None:
+        _check_int(self, "k", 1, 64)
+        _check_int(self, "max_k", 1, 64)
+        _check_int(self, "beam", 1, 64)
+        _check_int(self, "candidates", 1, 64)
+        _check_int(self, "vocab_trim", 0, 10_000_000)
+        for name, choices in (("length_policy", DIFFUSION_LENGTH_POLICIES), ("search", DIFFUSION_SEARCHES),
+                              ("causal", CAUSAL_SCORERS)):
+            if getattr(self, name) not in choices:
+                raise ConfigError(name, f"must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+        value = self.causal_weight
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 100.0:
+            raise ConfigError("causal_weight", f"must be a number in [0, 100], got {value!r}")
+        if self.k > self.max_k:
+            raise ConfigError("k", f"must be <= max_k ({self.max_k}), got {self.k}")
+        DraftModelConfig(drafter=self.drafter, vocab_trim=self.vocab_trim)  # the checks draft_model makes
+
+
 @dataclass(frozen=True)
 class CrossVocabConfig(ChainDrafting):
     name: ClassVar[str] = "cross_vocab"

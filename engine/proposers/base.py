@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
 from ..sampling import SamplingConfig
+
+if TYPE_CHECKING:
+    from ..token_lattice import LatticeDraft
 
 
 @dataclass(frozen=True)
@@ -17,6 +20,8 @@ class Proposal:
     # What drove this proposal, for the step inspector and the log (JSON-serialisable; see
     # engine.events.StepEvent.proposer_info for the conventional keys).
     info: dict[str, Any] = field(default_factory=dict)
+    # Diffusion drafters: the token lattice the chain was taken from (engine.token_lattice.LatticeDraft)
+    lattice: LatticeDraft | None = None
 
 
 class Proposer(Protocol):

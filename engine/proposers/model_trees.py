@@ -59,7 +59,7 @@ def parse_branching(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in str(text).replace(" ", "").replace("-", ",").split(","))
 
 
-class _TreeDrafter:
+class TreeDrafter:
     """The drafter's cache: the committed context, then this step's tree region."""
 
     def __init__(self, model: torch.nn.Module):
@@ -107,7 +107,7 @@ class ModelTreeProposer:
 
     def __init__(self, model: torch.nn.Module, shape: str, branching: tuple[int, ...] = (2, 2, 1),
                  width: int = 4, nodes: int = 16, depth: int = 4, drafts: int = 3):
-        self.drafter = _TreeDrafter(model)
+        self.drafter = TreeDrafter(model)
         self.shape = shape
         self.branching = branching  # static, rsd
         self.width, self.nodes = width, nodes  # dynamic
