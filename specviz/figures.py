@@ -1,5 +1,5 @@
 """Plotly figures built from step events (no Gradio): the acceptance history, the draft-length timeline,
-the phase timeline and the draft tree of one step.
+the phase timeline, and the draft tree or diffusion lattice of one step.
 
 Colours are Okabe-Ito (colour-blind safe) and match the token stream: accepted drafts in blue,
 the target's own token stacked on top in green (bonus), vermillion (recovered) or grey
@@ -19,7 +19,7 @@ from typing import NamedTuple
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from engine.events import StepEvent
+from engine.events import LatticeColumn, StepEvent
 from engine.metrics import RunMetrics, worker_time
 from engine.oracle import oracle_report
 
@@ -477,4 +477,169 @@ def draft_tree_figure(event: StepEvent) -> go.Figure | None:
                      tickvals=list(range(max(xs) + 1)), ticktext=["root", *map(str, range(1, max(xs) + 1))],
                      showgrid=False, zeroline=False)
     fig.update_yaxes(visible=False, range=[n_rows - 0.5, -0.9])  # reversed: row 0 on top, room for its label
+    return fig
+
+
+# -- the token lattice of one diffusion step ------------------------------------------------------
+
+# Sequential yellow-orange-brown on the fixed range 0..1, its stops packed towards 0: a weak drafter's candidates
+# (probabilities of a few percent) still differ visibly; the blue / purple / grey path markers stay visible on it
+LATTICE_COLOURSCALE = [[0.0, "#FFFFF0"], [0.05, "#FFF3C4"], [0.15, "#FEE391"], [0.3, "#FEC44F"], [0.5, "#FE9929"],
+                       [0.75, "#D95F0E"], [1.0, "#8C2D04"]]
+LATTICE_ROW_PX = 46  # a cell's height: the token text in its middle, the path marker in its upper part
+LATTICE_CHROME_PX = 155  # title, legend, the band over the cells for the "not proposed" badge, and axes
+LATTICE_MARKER_LIFT = 0.3  # path markers sit this far above a cell's middle (in rows), clear of its text
+LATTICE_LABEL_CHARS = (4, 10)  # a cell's text is cut to fit its column: 80 characters over the block, in these bounds
+
+
+class LatticePathPoint(NamedTuple):
+    """One proposed position of a lattice step's path: the column, the row it takes, its verdict."""
+
+    column: LatticeColumn
+    row: int  # the candidate's rank, or the "outside top-m" row under the candidates
+    verdict: str
+    target_prob: float | None
+
+
+def lattice_path(event: StepEvent) -> list[LatticePathPoint]:
+    """The draft path through a step's lattice, one point per proposed column: the candidate it took (its rank, or
+    the row under the candidates when it is outside them) and the verifier's verdict on it (event.draft).
+
+    >>> from engine.events import LatticeColumn, TokenCandidate, LengthDecision, OutputToken, PhaseTimings
+    >>> cands = (TokenCandidate(5, " a", 0.6), TokenCandidate(6, " b", 0.3))
+    >>> step = StepEvent(0, 4, LengthDecision(2, 2, "", {}), (), OutputToken(1, "x", "recovered", 1.0), (), 1,
+    ...                  PhaseTimings(0, 0, 0, 0, 0), lattice=(LatticeColumn(0, cands, 6, " b", 0.3, 1),
+    ...                  LatticeColumn(1, cands, 9, " z", 0.01, None), LatticeColumn(2, cands)))
+    >>> [(p.column.position, p.row, p.verdict) for p in lattice_path(step)]
+    [(0, 1, 'unchecked'), (1, 2, 'unchecked')]
+    """
+    depth = max((len(c.candidates) for c in event.lattice), default=0)
+    points = []
+    for column in event.lattice:
+        if column.path_token_id is None:
+            continue
+        drafted = event.draft[column.position] if column.position < len(event.draft) else None
+        points.append(LatticePathPoint(column, depth if column.path_rank is None else column.path_rank,
+                                       drafted.verdict if drafted else "unchecked",
+                                       drafted.target_prob if drafted else None))
+    return points
+
+
+def _lattice_cell_hover(column: LatticeColumn, rank: int) -> str:
+    cand = column.candidates[rank]
+    return (f"position +{column.position + 1} · candidate #{rank + 1}<br><b>{_token_text(cand.text)}</b>"
+            f"<br>drafter prob {cand.prob:.3f}" + ("" if column.path_token_id is not None else "<br>(not proposed)"))
+
+
+def _lattice_path_hover(point: LatticePathPoint) -> str:
+    c = point.column
+    where = "outside the drafter's top candidates" if c.path_rank is None else f"candidate #{c.path_rank + 1}"
+    lines = [
+        f"<b>{_token_text(c.path_text or '')}</b> · position +{c.position + 1} · {where}",
+        f"path token: {point.verdict}",
+        "drafter prob = " + ("—" if c.path_prob is None else f"{c.path_prob:.3f}"),
+        "causal prob = " + ("— (not scored)" if c.causal_prob is None else f"{c.causal_prob:.3f}"),
+        "target p = " + ("— (not checked)" if point.target_prob is None else f"{point.target_prob:.3f}"),
+    ]
+    return "<br>".join(lines)
+
+
+def _lattice_cut_note(event: StepEvent, cut: Sequence[int], proposed: int) -> tuple[str, str]:
+    """Why the columns `cut` were not proposed, as (one line for the title, the full account for a hover): the
+    draft length the policy allowed (ADL's cut), or, when the path ended short of it, an end-of-sequence token."""
+    span = f"+{cut[0] + 1}" if len(cut) == 1 else f"+{cut[0] + 1}…+{cut[-1] + 1}"
+    d = event.decision
+    if proposed >= d.allowed:
+        line = f"{span} not proposed: the length policy allowed {d.allowed}"
+    else:
+        line = f"{span} not proposed: the path ended at +{proposed} (end of sequence), short of the allowed {d.allowed}"
+    account = [f"draft length: {d.reason}", f"drafter: {event.proposer_info.get('summary', '—')}"]
+    hover = "<br>".join(html.escape(part, quote=False) for text in account for part in textwrap.wrap(text, 80))
+    return html.escape(line, quote=False), hover
+
+
+def lattice_figure(event: StepEvent) -> go.Figure | None:
+    """The token lattice of a diffusion step: a heatmap of the drafter's candidates (positions across, rank 0 on
+    top, colour = drafter probability, token text in each cell) with the draft path drawn through the chosen cells
+    and marked by verdict as in the draft tree. A path token outside the candidates gets a row of its own under
+    them; columns that were not proposed are veiled. None for steps without a lattice."""
+    columns = event.lattice
+    if not columns:
+        return None
+    n_pos = len(columns)
+    depth = max(len(c.candidates) for c in columns)
+    path = lattice_path(event)
+    outside = any(p.column.path_rank is None for p in path)
+    n_rows = depth + outside
+    chars = max(LATTICE_LABEL_CHARS[0], min(LATTICE_LABEL_CHARS[1], 80 // n_pos))
+
+    # the cells: z = drafter probability (None where a column has fewer candidates), the outside row holds path tokens
+    z = [[None] * n_pos for _ in range(n_rows)]
+    text = [[""] * n_pos for _ in range(n_rows)]
+    hover = [[""] * n_pos for _ in range(n_rows)]
+    for x, column in enumerate(columns):  # column x is draft position x
+        for rank, cand in enumerate(column.candidates):
+            z[rank][x] = cand.prob
+            text[rank][x] = _token_text(cand.text, chars)
+            hover[rank][x] = _lattice_cell_hover(column, rank)
+    for p in path:
+        if p.column.path_rank is None:
+            x = p.column.position
+            z[depth][x] = p.column.path_prob
+            text[depth][x] = _token_text(p.column.path_text or "", chars)
+            hover[depth][x] = _lattice_path_hover(p)
+    fig = go.Figure(go.Heatmap(
+        z=z, x=list(range(n_pos)), y=list(range(n_rows)), text=text, texttemplate="%{text}",
+        textfont=dict(size=11), hovertext=hover, hoverinfo="text", hoverongaps=False, xgap=2, ygap=2,
+        colorscale=LATTICE_COLOURSCALE, zmin=0, zmax=1, name="candidates", showscale=True,
+        colorbar=dict(title=dict(text="drafter prob", side="right"), thickness=12, len=0.9, tickformat=".1f"),
+    ))
+
+    # the path: a line through the chosen cells, and a marker per verdict (legend entries as in the draft tree)
+    xs = [p.column.position for p in path]
+    ys = [p.row - LATTICE_MARKER_LIFT for p in path]
+    fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line=dict(color=BLACK, width=2), hoverinfo="skip",
+                             showlegend=False, name="path"))
+    for verdict in ("accepted", "rejected", "unchecked"):
+        group = [(x, y, p) for x, y, p in zip(xs, ys, path) if p.verdict == verdict]
+        if not group:
+            continue
+        style = TREE_STYLE[verdict]
+        fig.add_trace(go.Scatter(
+            x=[x for x, _, _ in group], y=[y for _, y, _ in group], name=style.name, mode="markers",
+            marker=dict(symbol=style.symbol, size=12, color=style.colour, line=dict(color=style.colour, width=2)),
+            hovertext=[_lattice_path_hover(p) for _, _, p in group], hoverinfo="text",
+        ))
+    # the chosen cells outlined in their verdict's colour
+    for x, p in zip(xs, path):
+        fig.add_shape(type="rect", x0=x - 0.47, x1=x + 0.47, y0=p.row - 0.47, y1=p.row + 0.47,
+                      line=dict(color=TREE_STYLE[p.verdict].colour, width=2.5), layer="above")
+
+    accepted = sum(1 for p in path if p.verdict == "accepted")
+    title = (f"Step {event.index}: diffusion lattice, {n_pos} positions × {depth} candidates · path accepted "
+             f"{accepted} of {len(path)} + {event.output.kind} <b>{_token_text(event.output.text, TREE_LABEL_CHARS)}</b>")
+    # columns not proposed: veiled, a badge over them (hover: the policy's and the drafter's account), a title line
+    cut = [c.position for c in columns if c.path_token_id is None]
+    for x in cut:
+        fig.add_shape(type="rect", x0=x - 0.5, x1=x + 0.5, y0=-0.5, y1=n_rows - 0.5, fillcolor="white",
+                      opacity=0.6, line=dict(width=0), layer="above")
+    if cut:
+        note, why = _lattice_cut_note(event, cut, len(path))
+        fig.add_annotation(x=(cut[0] + cut[-1]) / 2, y=-0.75, text="not proposed", showarrow=False,
+                           font=dict(size=10, color=BLACK), bgcolor="white", bordercolor=GREY, borderpad=2,
+                           hovertext=why)
+        title += f"<br><span style='font-size:11px;color:{GREY}'>{note} · hover the badge for why</span>"
+    fig.update_layout(
+        height=LATTICE_CHROME_PX + LATTICE_ROW_PX * n_rows, template="plotly_white", font=dict(size=12),
+        hovermode="closest", margin=dict(l=20, r=20, t=75, b=40), hoverlabel=dict(align="left"),
+        title=dict(text=title, x=0, xref="paper", y=1, yref="container", yanchor="top", pad=dict(t=12),
+                   font=dict(size=12)),
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="left", x=0, font=dict(size=11)),
+    )
+    fig.update_xaxes(title_text="draft position (tokens ahead) · hover a cell for its probabilities",
+                     tickvals=list(range(n_pos)), showgrid=False, zeroline=False, range=[-0.5, n_pos - 0.5],
+                     ticktext=[f"+{c.position + 1}" if c.path_token_id is not None
+                               else f"<span style='color:{GREY}'>+{c.position + 1}</span>" for c in columns])
+    fig.update_yaxes(tickvals=list(range(n_rows)), showgrid=False, zeroline=False, range=[n_rows - 0.5, -1.0],
+                     ticktext=[f"#{r + 1}" for r in range(depth)] + ([f"outside top-{depth}"] if outside else []))
     return fig

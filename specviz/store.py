@@ -24,6 +24,7 @@ import sqlite_utils
 
 from engine.events import (
     DraftedToken,
+    LatticeColumn,
     LengthDecision,
     NewToken,
     OutputToken,
@@ -35,13 +36,14 @@ from engine.events import (
 )
 from engine.metrics import RunMetrics
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 # Columns added after version 1: a log written by an older SpecViz gains them (empty) when opened.
 ADDED_COLUMNS: tuple[tuple[str, str, type], ...] = (
     ("steps", "proposer_info", str),  # v2: what drove the proposal (JSON), engine.events.StepEvent.proposer_info
     ("runs", "document", str),  # v3: the text attached for retrieval drafting (rasd), specviz.runner.RunRequest.document
     ("steps", "phases", str),  # v4: who worked when (JSON [[worker, kind, start_s, end_s], ...]), PhaseTimings.phases
     ("steps", "tree", str),  # v5: the draft tree with verdicts (JSON, one list per TreeNode), StepEvent.tree
+    ("steps", "lattice", str),  # v6: a diffusion drafter's token lattice and path (JSON, one list per LatticeColumn), StepEvent.lattice
 )
 BUSY_TIMEOUT_S = 30.0
 
@@ -74,6 +76,25 @@ def _tree(nodes: tuple[TreeNode, ...]) -> str | None:
 
 def _parse_tree(raw: str | None) -> tuple[TreeNode, ...]:
     return tuple(TreeNode(*row) for row in json.loads(raw or "[]"))
+
+
+def _lattice(columns: tuple[LatticeColumn, ...]) -> str | None:
+    """A token lattice as JSON: one list per column in LatticeColumn's field order, its candidates as
+    [token_id, text, prob] lists (NULL for steps without a lattice).
+
+    >>> _lattice((LatticeColumn(0, (TokenCandidate(5, " a", 0.75),), 5, " a", 0.75, 0, None),))
+    '[[0, [[5, " a", 0.75]], 5, " a", 0.75, 0, null]]'
+    """
+    if not columns:
+        return None
+    return json.dumps([list(astuple(c)) for c in columns], ensure_ascii=False)
+
+
+def _parse_lattice(raw: str | None) -> tuple[LatticeColumn, ...]:
+    return tuple(
+        LatticeColumn(position, tuple(TokenCandidate(int(i), t, float(p)) for i, t, p in candidates), *path)
+        for position, candidates, *path in json.loads(raw or "[]")
+    )
 
 
 def _draft_row_position(event: StepEvent, i: int) -> int:
@@ -136,7 +157,7 @@ class RunStore:
                     "num_accepted": int, "output_token_id": int, "output_text": str, "output_kind": str,
                     "output_prob": float, "output_top": str, "target_forwards": int, "start_s": float, "end_s": float,
                     "draft_s": float, "verify_s": float, "overhead_s": float, "stop_reason": str,
-                    "proposer_info": str, "phases": str, "tree": str,
+                    "proposer_info": str, "phases": str, "tree": str, "lattice": str,
                 },
                 pk=("run_id", "step_index"),
                 foreign_keys=[("run_id", "runs", "id")],
@@ -210,6 +231,7 @@ class RunStore:
             "proposer_info": json.dumps(event.proposer_info) if event.proposer_info else None,
             "phases": json.dumps([[p.worker, p.kind, p.start_s, p.end_s] for p in t.phases]) if t.phases else None,
             "tree": _tree(event.tree),
+            "lattice": _lattice(event.lattice),
         }
         drafts = [
             {
@@ -312,6 +334,7 @@ class RunStore:
                     stop_reason=r["stop_reason"],
                     proposer_info=json.loads(r["proposer_info"] or "{}"),
                     tree=tree,
+                    lattice=_parse_lattice(r["lattice"]),
                 )
             )
         return events

@@ -1,6 +1,7 @@
 """The explorer in headless Chromium (Playwright): a live run, escaping of hostile prompts, the step
-inspector, Compare and History. Saves screenshots under /tmp for a human look:
-/tmp/specviz-playground.png, /tmp/specviz-compare.png, /tmp/specviz-history.png."""
+inspector, Compare and History, the diffusion lattice panel. Saves screenshots under /tmp for a human look:
+/tmp/specviz-playground.png, /tmp/specviz-compare.png, /tmp/specviz-history.png, /tmp/lattice_panel.png,
+/tmp/specviz-lattice.png."""
 
 from __future__ import annotations
 
@@ -235,3 +236,66 @@ def test_empty_prompt_shows_a_message(page, server):
     page.wait_for_selector("#status .status-error", timeout=30_000)
     assert "prompt is empty" in page.locator("#status").inner_text()
     assert len(store.list_runs()) == before
+
+
+def lattice_title(page, prefix: str = "") -> str:
+    return page.locator(f"#{prefix}lattice-plot .gtitle").text_content()  # an SVG text: no innerText
+
+
+def wait_lattice_step(page, step: int, prefix: str = "") -> None:
+    page.wait_for_function(
+        """([sel, n]) => {
+            const t = document.querySelector(sel + ' .gtitle');
+            return t && t.textContent.startsWith('Step ' + n + ': diffusion lattice');
+        }""",
+        arg=[f"#{prefix}lattice-plot", step], timeout=30_000,
+    )
+
+
+def test_diffusion_run_shows_the_lattice_following_the_step(page, server):
+    _, store = server
+    page.get_by_role("tab", name="Playground").click()
+    page.click("#strategy input")
+    page.get_by_role("option", name="diffusion", exact=True).click()
+    page.wait_for_function(  # the strategy's own fields and defaults (ADL, its block of 8)
+        "() => document.querySelector('#param-length-policy input')?.value === 'adl'", timeout=30_000
+    )
+    run_number = (store.list_runs()[0]["id"] if store.list_runs() else 0) + 1
+    start_run(page, "List the days of the week.", 12)
+    wait_finished(page, run_number)
+    run = store.list_runs()[0]
+    assert run["strategy"] == "diffusion" and run["status"] == "finished", run
+    events = store.load_events(run["id"])
+    assert events[0].lattice and events[1].lattice
+    # the first steps drafted from a lattice: the panel shows it and follows the slider and Next
+    page.locator("#step-slider input[type=range]").press("Home")
+    wait_lattice_step(page, 0)
+    assert page.locator("#lattice-plot").is_visible() and not page.locator("#draft-tree-plot").is_visible()
+    first_title = lattice_title(page)
+    assert f"{len(events[0].lattice)} positions" in first_title
+    assert page.locator("#lattice-plot .hm").count() == 1  # the heatmap
+    page.locator("#lattice-plot").screenshot(path="/tmp/lattice_panel.png")
+    page.click("#step-next")
+    wait_lattice_step(page, 1)
+    page.screenshot(path="/tmp/specviz-lattice.png", full_page=True)
+    # a step without a lattice (the budget left nothing to draft) hides the panel
+    bare = next((e.index for e in events if not e.lattice), None)
+    if bare is not None:
+        page.locator("#step-slider input[type=range]").press("End")
+        page.wait_for_function(
+            "n => document.querySelector('#step-inspector .insp-head')?.innerText.includes('Step ' + n + ' of')",
+            arg=len(events) - 1, timeout=30_000,
+        )
+        if not events[-1].lattice:
+            page.wait_for_selector("#lattice-plot", state="hidden", timeout=30_000)
+    # the History replay draws the same lattice from the log
+    page.get_by_role("tab", name="History").click()
+    page.fill("#history-run-id input", str(run["id"]))
+    page.click("#history-open")
+    page.wait_for_function(
+        "n => (document.querySelector('#history-status') || {}).innerText?.includes('Run #' + n + ' ')",
+        arg=run["id"], timeout=30_000,
+    )
+    page.locator("#history-step-slider input[type=range]").press("Home")
+    wait_lattice_step(page, 0, "history-")
+    assert lattice_title(page, "history-") == first_title

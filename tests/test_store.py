@@ -10,7 +10,7 @@ import pytest
 from engine import SamplingConfig, parse_strategy
 from engine.events import DraftedToken, LengthDecision, NewToken, OutputToken, PhaseTimings, StepEvent, TokenCandidate
 from engine.metrics import RunMetrics
-from specviz.store import RunStore
+from specviz.store import SCHEMA_VERSION, RunStore
 
 NASTY = "Robert'); DROP TABLE runs;-- <script>alert(\"x\")</script> \u00e9\u4e2d\U0001f600 \n\ttabs"
 
@@ -178,7 +178,7 @@ def test_tree_round_trips_with_its_drafted_nodes(tmp_path):
     store.log_step(run_id, events[0], first_seq=0)
     store.log_step(run_id, events[1], first_seq=2)
     assert store.load_events(run_id) == events
-    assert store.db.execute("PRAGMA user_version").fetchone()[0] == 5
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     chain_tree, tree_json = [r[0] for r in store.db.execute("SELECT tree FROM steps ORDER BY step_index")]
     assert chain_tree is None and json.loads(tree_json)[1][4] == NASTY  # the text survives verbatim
     # several nodes share a depth: the drafted rows are keyed by draft order, all five kept
@@ -198,7 +198,79 @@ def test_v4_log_gains_the_tree_column(tmp_path):
     old.close()
     store = RunStore(path)
     assert "tree" in store.db["steps"].columns_dict
-    assert store.db.execute("PRAGMA user_version").fetchone()[0] == 5
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert store.load_events(run_id) == [make_event(0)]  # old steps replay as chains
     store.log_step(run_id, _tree_event(1), first_seq=2)
     assert store.load_events(run_id)[1].tree == _tree_event(1).tree
+
+
+def _lattice_event(index: int = 0):
+    """A diffusion step over a block of 4: path " a" (accepted), "<b>&" from outside the top 2 (rejected, not
+    scored), "中" (unchecked); the last column was not proposed."""
+    from engine.events import LatticeColumn
+
+    cands = [
+        (TokenCandidate(11, " a", 0.7), TokenCandidate(12, NASTY, 0.2)),
+        (TokenCandidate(21, "é", 0.5), TokenCandidate(22, " b", 0.25)),
+        (TokenCandidate(31, "中", 0.9), TokenCandidate(32, "\n", 0.05)),
+        (TokenCandidate(41, "<eos>", 0.6),),
+    ]
+    lattice = (
+        LatticeColumn(0, cands[0], 11, " a", 0.7, 0, 0.65),
+        LatticeColumn(1, cands[1], 23, "<b>&", 0.1, None, None),
+        LatticeColumn(2, cands[2], 31, "中", 0.9, 0, 0.4),
+        LatticeColumn(3, cands[3]),
+    )
+    verdicts = ("accepted", "rejected", "unchecked")
+    draft = tuple(
+        DraftedToken(position=c.position, token_id=c.path_token_id, text=c.path_text, draft_prob=c.path_prob,
+                     target_prob=None if v == "unchecked" else 0.3, accept_prob=None if v == "unchecked" else 1.0,
+                     uniform=None, verdict=v)
+        for c, v in zip(lattice, verdicts)
+    )
+    new = (NewToken(11, " a", "accepted"), NewToken(24, "c", "recovered"))
+    return StepEvent(
+        index=index, context_length=30, decision=LengthDecision(4, 3, "ADL: L = 3", {"signal": 1.5, "signal_name": "mean"}),
+        draft=draft, output=OutputToken(24, "c", "recovered", 0.8), new_tokens=new, target_forwards=1,
+        timings=PhaseTimings(0.01, 0.02, 0.001, 0.0, 0.031), proposer_info={"summary": "CPS over 4 positions"},
+        lattice=lattice,
+    )
+
+
+def test_lattice_round_trips_verbatim(tmp_path):
+    import json
+
+    store = RunStore(tmp_path / "runs.db")
+    run_id = start(store)
+    events = [make_event(0), _lattice_event(1)]  # a chain step keeps lattice == ()
+    store.log_step(run_id, events[0], first_seq=0)
+    store.log_step(run_id, events[1], first_seq=2)
+    replayed = store.load_events(run_id)
+    assert replayed == events
+    assert replayed[1].lattice[1].path_rank is None and replayed[1].lattice[3].path_token_id is None
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+    chain_lattice, lattice_json = [r[0] for r in store.db.execute("SELECT lattice FROM steps ORDER BY step_index")]
+    assert chain_lattice is None
+    columns = json.loads(lattice_json)
+    assert columns[0][1][1] == [12, NASTY, 0.2] and columns[1][2:] == [23, "<b>&", 0.1, None, None]
+    assert "中" in lattice_json and "<b>&" in lattice_json  # stored as text, not \\u escapes or entities
+    # the path tokens are the step's drafted rows, keyed by their position
+    positions = [r[0] for r in store.db.execute("SELECT position FROM draft_tokens WHERE step_index = 1 ORDER BY position")]
+    assert positions == [0, 1, 2]
+
+
+def test_v5_log_gains_the_lattice_column(tmp_path):
+    path = tmp_path / "v5.db"
+    old = RunStore(path)
+    run_id = start(old)
+    old.log_step(run_id, _tree_event(0), first_seq=0)
+    with old.db.conn:  # what SpecViz 5 wrote: steps without a lattice column
+        old.db.execute("ALTER TABLE steps DROP COLUMN lattice")
+        old.db.execute("PRAGMA user_version = 5")
+    old.close()
+    store = RunStore(path)
+    assert "lattice" in store.db["steps"].columns_dict
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+    assert store.load_events(run_id) == [_tree_event(0)]  # old steps replay without a lattice
+    store.log_step(run_id, _lattice_event(1), first_seq=2)
+    assert store.load_events(run_id)[1].lattice == _lattice_event(1).lattice

@@ -168,3 +168,28 @@ def test_max_new_tokens_out_of_range_is_refused_with_a_message(app, value):
     with pytest.raises(Exception, match=r"(less than minimum|greater than maximum)"):
         client.predict(prompt=PROMPT, max_new_tokens=value, api_name="/run")
     assert len(store.list_runs()) == before
+
+
+def test_compare_races_diffusion_against_a_draft_model(app):
+    """Diffusion drafting (a token lattice per step, ADL) against an autoregressive drafter: both lossless."""
+    from specviz.figures import lattice_figure
+
+    client, store = app
+    before = {r["id"] for r in store.list_runs()}
+    result = client.predict(
+        # an API call starts from the fields' first defaults (max_k 12): diffusion's block takes 8
+        prompt=PROMPT, a_name="diffusion", a_length_policy="adl", a_max_k=8, b_name="draft_model", b_vocab_trim=8192,
+        max_new_tokens=8, api_name="/compare",
+    )
+    assert "lossless check: identical to baseline" in " ".join(_html_outputs(result))
+    table = next(x for x in result if isinstance(x, dict) and "data" in x)
+    assert [row[0] for row in table["data"]][:2] == ["A", "B"]
+    new_runs = {r["strategy"]: r for r in store.list_runs() if r["id"] not in before}
+    assert set(new_runs) == {"ar", "diffusion", "draft_model"} and all(r["status"] == "finished" for r in new_runs.values())
+    assert json.loads(new_runs["diffusion"]["params"])["length_policy"] == "adl"
+    events = store.load_events(new_runs["diffusion"]["id"])
+    drafting = [e for e in events if e.num_drafted]
+    assert drafting and all(e.lattice for e in drafting)  # every drafting step logged its lattice
+    assert all(lattice_figure(e) is not None for e in drafting)
+    assert all(e.decision.inputs.get("signal_name") for e in drafting)  # ADL's signal for the draft-length timeline
+    assert not any(e.lattice for e in store.load_events(new_runs["draft_model"]["id"]))

@@ -36,7 +36,7 @@ from engine import (
     parse_strategy,
 )
 from engine.errors import ConfigError, PromptError
-from specviz.figures import acceptance_figure, draft_length_figure, draft_tree_figure, phase_figure
+from specviz.figures import acceptance_figure, draft_length_figure, draft_tree_figure, lattice_figure, phase_figure
 from specviz.prompts import SuitePrompt, load_prompt_suite
 from specviz.runner import MAX_DOCUMENT_BYTES, PreparedRun, RunRequest, Runner, RunUpdate, new_group_id, read_document_file
 from specviz.store import RunStore
@@ -66,6 +66,15 @@ for _info in STRATEGY_INFO.values():
     for _field, _meta in _info["parameters"].items():
         PARAM_INFO.setdefault(_field, _meta)
 PARAM_FIELDS = tuple(PARAM_INFO)
+# A choice field shared by strategies offers every strategy's choices (length_policy: only diffusion has adl), so
+# Gradio's own check passes any strategy's value (API calls included); picking a strategy narrows the list to its
+# own, and parse_strategy refuses a choice its strategy lacks.
+PARAM_CHOICES: dict[str, list] = {}
+for _info in STRATEGY_INFO.values():
+    for _field, _meta in _info["parameters"].items():
+        for _choice in _meta.get("choices") or ():
+            if _choice not in PARAM_CHOICES.setdefault(_field, []):
+                PARAM_CHOICES[_field].append(_choice)
 
 
 # -- helpers shared by handlers --------------------------------------------------------------------
@@ -190,13 +199,23 @@ def _slider_update(n_events: int, value: int | None = None) -> dict:
     return gr.update(minimum=0, maximum=top, value=value, step=1, interactive=n_events > 0)
 
 
-def _tree_update(events: list[StepEvent], focus: int | None) -> dict:
-    """The draft tree of the focused step (the latest by default); hidden for steps without a tree (chains)."""
+def _step_figure_update(events: list[StepEvent], focus: int | None, draw: Callable[[StepEvent], Any]) -> dict:
+    """`draw`'s figure of the focused step (the latest by default); hidden where it draws nothing (None)."""
     if not events:
         return gr.update(visible=False)
     index = len(events) - 1 if focus is None else max(0, min(int(focus), len(events) - 1))
-    figure = draft_tree_figure(events[index])
+    figure = draw(events[index])
     return gr.update(value=figure, visible=True) if figure is not None else gr.update(visible=False)
+
+
+def _tree_update(events: list[StepEvent], focus: int | None) -> dict:
+    """The draft tree of the focused step; hidden for steps without a tree (chains)."""
+    return _step_figure_update(events, focus, draft_tree_figure)
+
+
+def _lattice_update(events: list[StepEvent], focus: int | None) -> dict:
+    """The token lattice of the focused step; hidden for steps without one (all but diffusion drafting)."""
+    return _step_figure_update(events, focus, lattice_figure)
 
 
 # -- a run view: token stream, metrics, inspector, plot ------------------------------------------
@@ -212,6 +231,7 @@ class RunView:
     next: gr.Button
     inspector: gr.HTML
     tree_plot: gr.Plot
+    lattice_plot: gr.Plot
     plot: gr.Plot
     length_plot: gr.Plot
     phase_plot: gr.Plot
@@ -231,6 +251,7 @@ class RunView:
             self.slider: _slider_update(len(events), focus),
             self.inspector: render.step_inspector_html(events, focus),
             self.tree_plot: _tree_update(events, focus),
+            self.lattice_plot: _lattice_update(events, focus),
         }
         if plot:
             out[self.plot] = acceptance_figure(
@@ -246,8 +267,8 @@ class RunView:
         return out
 
     def outputs(self) -> list:
-        return [self.state, self.stream, self.metrics, self.slider, self.inspector, self.tree_plot, self.plot,
-                self.length_plot, self.phase_plot]
+        return [self.state, self.stream, self.metrics, self.slider, self.inspector, self.tree_plot, self.lattice_plot,
+                self.plot, self.length_plot, self.phase_plot]
 
     def wire_navigation(self) -> None:
         """Slider and Previous / Next: pick a step (works during and after a run; no model involved)."""
@@ -260,6 +281,7 @@ class RunView:
                 render.token_stream_html(events, (state or {}).get("prompt"), focus_step=i,
                                          running=bool((state or {}).get("running"))),
                 _tree_update(events, i),
+                _lattice_update(events, i),
             )
 
         def move(delta, step, state):
@@ -267,7 +289,7 @@ class RunView:
             i = max(0, min(int(step or 0) + delta, len(events) - 1)) if events else 0
             return _slider_update(len(events), i), *show(i, state)
 
-        step_panels = [self.inspector, self.stream, self.tree_plot]
+        step_panels = [self.inspector, self.stream, self.tree_plot, self.lattice_plot]
         self.slider.input(show, [self.slider, self.state], step_panels, trigger_mode="always_last",
                           concurrency_limit=None, api_visibility="undocumented", show_progress="hidden")
         self.prev.click(lambda s, st: move(-1, s, st), [self.slider, self.state], [self.slider, *step_panels],
@@ -316,12 +338,14 @@ def build_stream_panel(prefix: str) -> tuple[gr.HTML, gr.HTML]:
     return stream, metrics
 
 
-def build_inspector_panel(prefix: str) -> tuple[gr.Slider, gr.Button, gr.Button, gr.HTML, gr.Plot]:
+def build_inspector_panel(prefix: str) -> tuple[gr.Slider, gr.Button, gr.Button, gr.HTML, gr.Plot, gr.Plot]:
     gr.Markdown("### Step inspector")
     _explain(
         "One step = draft up to K tokens, then check them all in **one** target forward pass. Each drafted token "
         "is kept when a uniform draw u ≤ min(1, p/q) (p: target probability, q: drafter probability); the first "
-        "refusal ends the check and the target supplies its own token there."
+        "refusal ends the check and the target supplies its own token there. Tree strategies draw the step's draft "
+        "tree; diffusion strategies its token lattice (each position's candidates, coloured by the drafter's "
+        "probability, and the path through them that the target checked)."
     )
     slider = gr.Slider(0, 1, value=0, step=1, label="Step", elem_id=f"{prefix}step-slider", interactive=False)
     with gr.Row():
@@ -329,8 +353,10 @@ def build_inspector_panel(prefix: str) -> tuple[gr.Slider, gr.Button, gr.Button,
         nxt = gr.Button("Next ▶", size="sm", elem_id=f"{prefix}step-next")
     # Tree strategies only: shown above the proposal table, which lists a tree's nodes one per row
     tree_plot = gr.Plot(None, visible=False, elem_id=f"{prefix}draft-tree-plot", show_label=False)
+    # Diffusion strategies only, in the same place (a step has a tree or a lattice, never both)
+    lattice_plot = gr.Plot(None, visible=False, elem_id=f"{prefix}lattice-plot", show_label=False)
     inspector = gr.HTML(render.step_inspector_html([]), elem_id=f"{prefix}step-inspector", js_on_load=None)
-    return slider, prev, nxt, inspector, tree_plot
+    return slider, prev, nxt, inspector, tree_plot, lattice_plot
 
 
 def build_plot_panel(prefix: str) -> tuple[gr.Plot, gr.Plot, gr.Plot]:
@@ -384,13 +410,16 @@ def _about(name: str) -> str:
 
 
 def _field_updates(name: str) -> list:
+    """Show the strategy's own fields with its defaults, help and choices (strategies share fields); hide the rest."""
     params = STRATEGY_INFO.get(name, {}).get("parameters", {})
     updates = []
     for field in PARAM_FIELDS:
-        if field in params:
-            updates.append(gr.update(visible=True, value=params[field]["default"]))
-        else:
+        meta = params.get(field)
+        if meta is None:
             updates.append(gr.update(visible=False))
+            continue
+        choices = {"choices": list(meta["choices"])} if meta.get("choices") else {}
+        updates.append(gr.update(visible=True, value=meta["default"], info=meta.get("help"), **choices))
     return updates
 
 
@@ -402,7 +431,7 @@ def _param_field(prefix: str, field: str, meta: dict[str, Any], visible: bool) -
     if meta["type"] == "float":
         return gr.Number(meta["default"], min_width=110, **common)
     if meta.get("choices"):
-        return gr.Dropdown(list(meta["choices"]), value=meta["default"], min_width=150, **common)
+        return gr.Dropdown(PARAM_CHOICES[field], value=meta["default"], min_width=150, **common)
     return gr.Textbox(str(meta["default"]), min_width=180, **common)
 
 
@@ -524,10 +553,10 @@ def build_app(models: ModelCache, store: RunStore) -> gr.Blocks:
                                          js_on_load=None)
                     with gr.Column(scale=7, min_width=420):
                         stream, metrics = build_stream_panel("")
-                        slider, prev, nxt, inspector, tree_plot = build_inspector_panel("")
+                        slider, prev, nxt, inspector, tree_plot, lattice_plot = build_inspector_panel("")
                 plot, length_plot, phase_plot = build_plot_panel("")
-                view = RunView(stream, metrics, slider, prev, nxt, inspector, tree_plot, plot, length_plot, phase_plot,
-                               gr.State(None))
+                view = RunView(stream, metrics, slider, prev, nxt, inspector, tree_plot, lattice_plot, plot, length_plot,
+                               phase_plot, gr.State(None))
                 view.wire_navigation()
 
             # ---------------------------------------------------------------- Compare
@@ -613,11 +642,12 @@ def build_app(models: ModelCache, store: RunStore) -> gr.Blocks:
                 h_stream, h_metrics = build_stream_panel("history-")
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=6, min_width=380):
-                        h_slider, h_prev, h_next, h_inspector, h_tree_plot = build_inspector_panel("history-")
+                        h_slider, h_prev, h_next, h_inspector, h_tree_plot, h_lattice_plot = build_inspector_panel(
+                            "history-")
                     with gr.Column(scale=5, min_width=360):
                         h_plot, h_length_plot, h_phase_plot = build_plot_panel("history-")
-                h_view = RunView(h_stream, h_metrics, h_slider, h_prev, h_next, h_inspector, h_tree_plot, h_plot,
-                                 h_length_plot, h_phase_plot, gr.State(None))
+                h_view = RunView(h_stream, h_metrics, h_slider, h_prev, h_next, h_inspector, h_tree_plot, h_lattice_plot,
+                                 h_plot, h_length_plot, h_phase_plot, gr.State(None))
                 h_view.wire_navigation()
 
             # ---------------------------------------------------------------- Multi-draft bound
