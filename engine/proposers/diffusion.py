@@ -72,20 +72,25 @@ class DiffusionProposer:
         if draft_probs is None:  # greedy: the verifier ignores q; keep the drafter's own for the inspector
             draft_probs = q[torch.arange(len(tokens))]
         path_probs = [float(q[i, t]) for i, t in enumerate(tokens)]
-        return Proposal(tokens, draft_probs[: len(tokens)], self._info(lattice, tokens, k, end),
+        return Proposal(tokens, draft_probs[: len(tokens)], self._info(lattice, tokens, k, end, sampling),
                         lattice=LatticeDraft(lattice, path_probs, list(causal[: len(tokens)])))
 
     def observe(self, num_accepted: int) -> None:
         pass  # the drafter is stateless across steps; the n-gram scorer reads the committed context itself
 
-    def _info(self, lattice: TokenLattice, tokens: list[int], k: int, end: int | None) -> dict[str, Any]:
+    def _info(self, lattice: TokenLattice, tokens: list[int], k: int, end: int | None,
+              sampling: SamplingConfig) -> dict[str, Any]:
         top1 = lattice.top1(len(tokens))
         differs = sum(a != b for a, b in zip(tokens, top1))
-        how = (f"causal path search (beam {self.beam}, {self.scorer.name} causal score x {self.causal_weight:g})"
-               if self.search == "cps" else "each position's own candidate (top1)")
+        scorer = f"{self.scorer.name} causal score x {self.causal_weight:g}" if self.scorer is not None else "no causal score"
+        how = (f"causal path search (beam {self.beam}, {scorer})" if self.search == "cps"
+               else "each position's top candidate (top1)" if sampling.greedy
+               else "a draw from each position's own distribution")
         summary = f"one drafter pass filled {lattice.length} positions; path through the first {k} by {how}"
         if self.search == "cps":
             summary += f": differs from the top1 path at {differs} of {len(tokens)} positions"
+            if not sampling.greedy:
+                summary += "; the path is verified as a point-mass draft (q = 1 for each path token)"
         if end is not None:
             summary += f"; the drafter's text ends with EOS at position {end}"
         return {"summary": summary, "block": lattice.length, "path_differs_from_top1": differs}
