@@ -32,7 +32,7 @@ class DiffusionProposer:
     """A `BlockDrafter` + a lattice path search. `block`: positions the drafter fills per pass (L)."""
 
     def __init__(self, drafter: BlockDrafter, block: int, search: str = "cps", scorer: CausalScorer | None = None,
-                 causal_weight: float = 0.5, beam: int = 4, candidates: int = 4, eos_ids: set[int] = frozenset(),
+                 causal_weight: float = 2.0, beam: int = 4, candidates: int = 4, eos_ids: set[int] = frozenset(),
                  length_policy: DiffusionDraftLength | None = None):
         if search not in SEARCHES:
             raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
