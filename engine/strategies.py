@@ -38,10 +38,20 @@ def _check_int(obj: Any, name: str, low: int, high: int) -> None:
 STRATEGIES: dict[str, type["StrategyConfig"]] = {}  # name -> config class, in definition order
 
 
-def _check_fraction(obj: Any, name: str) -> None:
+def _check_number(obj: Any, name: str, low: float, high: float) -> None:
     value = getattr(obj, name)
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 1.0:
-        raise ConfigError(name, f"must be a number in [0, 1], got {value!r}")
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
+        raise ConfigError(name, f"must be a number in [{low:g}, {high:g}], got {value!r}")
+
+
+def _check_fraction(obj: Any, name: str) -> None:
+    _check_number(obj, name, 0.0, 1.0)
+
+
+def _check_choice(obj: Any, name: str, choices: tuple[str, ...]) -> None:
+    value = getattr(obj, name)
+    if value not in choices:
+        raise ConfigError(name, f"must be one of {', '.join(choices)}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -86,8 +96,7 @@ class ChainDrafting(StrategyConfig):
     def __post_init__(self) -> None:
         _check_int(self, "k", 1, 64)
         _check_int(self, "max_k", 1, 64)
-        if self.length_policy not in LENGTH_POLICIES:
-            raise ConfigError("length_policy", f"must be one of {', '.join(LENGTH_POLICIES)}, got {self.length_policy!r}")
+        _check_choice(self, "length_policy", LENGTH_POLICIES)
         if self.k > self.max_k:
             raise ConfigError("k", f"must be <= max_k ({self.max_k}), got {self.k}")
 
@@ -257,9 +266,7 @@ class AdaptiveNgramConfig(ChainDrafting):
         _check_int(self, "min_ngram", 1, 16)
         if self.min_ngram > self.max_ngram:
             raise ConfigError("min_ngram", f"must be <= max_ngram ({self.max_ngram}), got {self.min_ngram}")
-        value = self.exploration
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 100.0:
-            raise ConfigError("exploration", f"must be a number in [0, 100], got {value!r}")
+        _check_number(self, "exploration", 0.0, 100.0)
         _check_fraction(self, "min_confidence")
 
 
@@ -517,13 +524,10 @@ class DiffusionDraftingConfig(StrategyConfig):
         _check_int(self, "beam", 1, 64)
         _check_int(self, "candidates", 1, 64)
         _check_int(self, "vocab_trim", 0, 10_000_000)
-        for name, choices in (("length_policy", DIFFUSION_LENGTH_POLICIES), ("search", DIFFUSION_SEARCHES),
-                              ("causal", CAUSAL_SCORERS)):
-            if getattr(self, name) not in choices:
-                raise ConfigError(name, f"must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
-        value = self.causal_weight
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 100.0:
-            raise ConfigError("causal_weight", f"must be a number in [0, 100], got {value!r}")
+        _check_choice(self, "length_policy", DIFFUSION_LENGTH_POLICIES)
+        _check_choice(self, "search", DIFFUSION_SEARCHES)
+        _check_choice(self, "causal", CAUSAL_SCORERS)
+        _check_number(self, "causal_weight", 0.0, 100.0)
         if self.k > self.max_k:
             raise ConfigError("k", f"must be <= max_k ({self.max_k}), got {self.k}")
         DraftModelConfig(drafter=self.drafter, vocab_trim=self.vocab_trim)  # the checks draft_model makes

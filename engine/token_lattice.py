@@ -194,14 +194,15 @@ def causal_path_search(lattice: TokenLattice, length: int, context: list[int], s
         # 1. the candidates at position i that the drafter gives any probability
         ranks = [r for r in range(lattice.candidate_ids.shape[1]) if lattice.candidate_probs[i, r] > 0]
         tokens = [int(lattice.candidate_ids[i, r]) for r in ranks]
-        # 2. the causal score of each candidate after each open path (ended paths are not extended)
+        # 2. the causal score of each candidate after each open path (ended paths are carried along, not extended)
+        ended = [b for b in beams if b.tokens and b.tokens[-1] in eos_ids]
         open_beams = [b for b in beams if not (b.tokens and b.tokens[-1] in eos_ids)]
         use_causal = scorer is not None and causal_weight > 0 and open_beams
         causal = scorer.score(context, [b.tokens for b in open_beams], [tokens] * len(open_beams)) if use_causal else None
         # 3. every extension, then keep the best `beam`
-        extended = [b for b in beams if b not in open_beams]
+        extended = ended
         for j, b in enumerate(open_beams):
-            for r, t, k in zip(ranks, tokens, range(len(tokens))):
+            for k, (r, t) in enumerate(zip(ranks, tokens)):
                 c = causal[j][k] if causal is not None else None
                 extended.append(LatticePath(b.tokens + [t], b.ranks + [r],
                                             b.score + float(log_q[i, r]) + (causal_weight * c if c is not None else 0.0),

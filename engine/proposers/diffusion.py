@@ -70,7 +70,7 @@ class DiffusionProposer:
         if self.length_policy is not None:
             self.length_policy.record_generated(generated)
         if draft_probs is None:  # greedy: the verifier ignores q; keep the drafter's own for the inspector
-            draft_probs = q[torch.arange(len(tokens))]
+            draft_probs = q[: len(tokens)]
         path_probs = [float(q[i, t]) for i, t in enumerate(tokens)]
         return Proposal(tokens, draft_probs[: len(tokens)], self._info(lattice, tokens, k, end, sampling),
                         lattice=LatticeDraft(lattice, path_probs, list(causal[: len(tokens)])))
