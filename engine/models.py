@@ -32,7 +32,7 @@ from typing import Callable
 import torch
 
 from .errors import ModelLoadError
-from .packed_linear import pack_linears
+from .packed_linear import KernelCalibration, pack_linears
 
 EMBEDDED_DEFAULT = "smollm2-135m-instruct"
 _CACHE_MARKER = "specviz-cache.json"
@@ -124,10 +124,11 @@ def _gguf_path(entry: EmbeddedGGUF, scratch: Path) -> Path:
 
 
 def _finish_model(model: torch.nn.Module) -> torch.nn.Module:
-    """Inference mode for a loaded model: eval, frozen, linear layers on pre-packed CPU kernels."""
+    """Inference mode for a loaded model: eval, frozen, each linear layer on the CPU kernel that a
+    calibration on this machine found faster for its shape and row count (cached beside the weights)."""
     model.eval()
     model.requires_grad_(False)
-    pack_linears(model)
+    pack_linears(model, KernelCalibration(default_cache_dir() / "kernel-calibration.json"))
     return model
 
 
