@@ -1,8 +1,21 @@
-"""The decoding loop: one generator that yields a `StepEvent` per draft-verify step.
+"""The decoding driver: the ONE loop every strategy runs, yielding a `StepEvent` per draft-verify step.
 
-The autoregressive baseline is the same loop with no proposer (every step drafts nothing and the
-target adds one "baseline" token), so baseline and speculation share every line that matters
-for speed and for correctness.
+A `Run` owns one generation's state: the tokens, the target's KV cache, the detokenizer, the token
+budget, the random generator and the pause-aware engine clock. A strategy contributes a `Stepper`
+(`start` a run, then per step: draft and verify, returning a typed `StepOutcome`; after the commit,
+`settle` the caches and tell the proposer and the length policy what happened). The driver commits
+the outcome, assembles the StepEvent (in one place) and yields it:
+
+    run = Run(...)                       # prefill the prompt but its last token
+    loop:
+        outcome = stepper.step(run)      # draft, verify: accepted tokens + the target's own token
+        committed = run.commit(outcome)  # append, cut at EOS / budget / window
+        stepper.settle(run, outcome)     # roll caches back to the accepted prefix, learn (unless stopping)
+        yield run.event(outcome, ...)
+
+The autoregressive baseline is a chain stepper with no proposer (every step drafts nothing and the
+target adds one "baseline" token), so baseline and speculation share every line that matters for
+speed and for correctness.
 
 Target cache convention (as in transformers' assisted generation): the target's KV cache holds
 every committed token except the last one; each step feeds [last, d1..dk] in ONE forward pass
@@ -12,14 +25,18 @@ and gets k + 1 next-token distributions. After the verdict the cache is cropped 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import torch
 
 from .causal_lm import CachedCausalLM
 from .detokenize import IncrementalDetokenizer
+from .draft_tree import TreeVerdict
 from .errors import PromptError
 from .events import (
     DraftedToken,
@@ -29,37 +46,147 @@ from .events import (
     OutputToken,
     PhaseTimings,
     StepEvent,
+    StepFeedback,
     TokenCandidate,
+    TreeNode,
     WorkerPhase,
 )
 from .models import LoadedModel
 from .policies import ConstantLength, DraftLengthPolicy
 from .proposers.base import Proposal, Proposer
 from .sampling import SamplingConfig, check_finite, logits_to_probs
-from .draft_tree import TreeVerdict
 from .token_lattice import LatticeDraft
 from .verification import ChainVerdict, verify_greedy, verify_rejection_sampling
 
 TOP_CANDIDATES = 5  # how many of the target's best tokens each event records per position
 
 
-class SpeculativeDecoder:
-    """Target + optional proposer + draft-length policy + sampling settings.
+@dataclass(frozen=True)
+class StepOutcome:
+    """What one step drafted and what verification kept; the driver turns it into a StepEvent.
 
-    `proposer=None` is the autoregressive baseline.
+    "Nothing drafted" is a verdict like any other: `verdict.next_kind == "baseline"`.
     """
 
-    def __init__(
-        self,
-        target: LoadedModel,
-        proposer: Proposer | None = None,
-        policy: DraftLengthPolicy | None = None,
-        sampling: SamplingConfig = SamplingConfig(),
-    ):
-        self.target = target
-        self.proposer = proposer
-        self.policy = policy or ConstantLength(1)
+    decision: LengthDecision
+    draft: tuple[DraftedToken, ...]  # the proposal with verdicts (a tree's nodes below the root, position = depth - 1)
+    accepted: tuple[int, ...]  # the accepted drafted token ids, in order
+    verdict: ChainVerdict | TreeVerdict  # next_token / next_kind: the target's own token
+    output: OutputToken
+    drafted_at: float  # engine clock: drafting (on the critical path) ended, verification began
+    verified_at: float  # engine clock: verification ended
+    phases: tuple[WorkerPhase, ...]  # who worked when (empty when nothing was drafted)
+    proposer_info: dict[str, Any] = field(default_factory=dict)
+    tree: tuple[TreeNode, ...] = ()
+    lattice: tuple[LatticeColumn, ...] = ()
+    feedback: StepFeedback | None = None  # what the proposer and policy learn (None: nothing to learn)
+    last_step_info: dict[str, Any] | None = None  # proposer_info instead, if this step ends the run (PEARL)
+
+
+class Run:
+    """One generation's state: tokens, the target's cache, detokenizer, budget, random generator, clock."""
+
+    def __init__(self, target: LoadedModel, sampling: SamplingConfig, prompt_ids: list[int], max_new_tokens: int):
         self.sampling = sampling
+        self.window = target.context_window
+        self.eos_ids = target.eos_token_ids
+        self.max_new_tokens = max_new_tokens
+        self.generator = sampling.make_generator()
+        self.detok = IncrementalDetokenizer(target.tokenizer, prompt_ids)
+        self.target = CachedCausalLM(target.model)
+        self.tokens = list(prompt_ids)
+        self.produced = 0
+        self.step = 0
+        self._origin = time.perf_counter()  # engine clock zero; pushed forward by the time paused at `yield`
+        self.step_started = 0.0
+        # Prefill every prompt token but the last: the first step feeds the last one.
+        self.prefill_forwards = 0
+        if len(self.tokens) > 1:
+            self.target.forward(self.tokens[:-1])
+            self.prefill_forwards = 1
+
+    def clock(self) -> float:
+        """Engine time: seconds since the run began, without the time the consumer held it paused."""
+        return time.perf_counter() - self._origin
+
+    @property
+    def budget(self) -> int:
+        """Tokens this step may still add (accepted + the target's own token must fit)."""
+        return min(self.max_new_tokens - self.produced, self.window - len(self.tokens))
+
+    def commit(self, outcome: StepOutcome) -> tuple[list[int], list[str], str | None]:
+        """Append the accepted drafted tokens and the verdict's token, cut at EOS and the budget.
+
+        Returns (committed ids, their kinds, stop reason or None).
+        """
+        budget = self.max_new_tokens - self.produced
+        kinds = ["accepted"] * len(outcome.accepted) + [outcome.verdict.next_kind]
+        committed = list(outcome.accepted) + [outcome.verdict.next_token]
+        stop_reason = None
+        for i, token in enumerate(committed):
+            if token in self.eos_ids:
+                committed, kinds, stop_reason = committed[: i + 1], kinds[: i + 1], "eos"
+                break
+        self.tokens.extend(committed)
+        self.produced += len(committed)
+        if stop_reason is None and len(committed) >= budget:
+            stop_reason = "max_new_tokens"
+        elif stop_reason is None and len(self.tokens) >= self.window:
+            stop_reason = "context_window"
+        return committed, kinds, stop_reason
+
+    def event(self, outcome: StepOutcome, context_length: int, committed: list[int], kinds: list[str],
+              stop_reason: str | None) -> StepEvent:
+        now = self.clock()
+        return StepEvent(
+            index=self.step,
+            context_length=context_length,
+            decision=outcome.decision,
+            draft=outcome.draft,
+            output=outcome.output,
+            new_tokens=tuple(NewToken(t, self.detok.push(t), kind) for t, kind in zip(committed, kinds)),
+            target_forwards=1 + (self.prefill_forwards if self.step == 0 else 0),  # the prefill counts in step 0
+            timings=PhaseTimings(
+                draft_s=outcome.drafted_at - self.step_started,
+                verify_s=outcome.verified_at - outcome.drafted_at,
+                overhead_s=now - outcome.verified_at,
+                start_s=self.step_started,
+                end_s=now,
+                phases=outcome.phases,
+            ),
+            stop_reason=stop_reason,
+            proposer_info=outcome.proposer_info if stop_reason is None or outcome.last_step_info is None
+            else outcome.last_step_info,
+            tree=outcome.tree,
+            lattice=outcome.lattice,
+        )
+
+    def paused(self, seconds: float) -> None:
+        self._origin += seconds
+
+
+class Stepper(Protocol):
+    """One strategy's step: draft and verify. Created per run (it may keep state between steps)."""
+
+    def step(self, run: Run) -> StepOutcome:
+        """Draft within `run.budget - 1` tokens, verify in one target pass, return the outcome."""
+
+    def settle(self, run: Run, outcome: StepOutcome, context_length: int) -> None:
+        """The run continues: roll the caches back to the committed prefix and learn from the verdict."""
+
+    def close(self) -> None:
+        """The run ended (or its consumer stopped it): release workers."""
+
+
+class Decoder:
+    """Target + sampling settings + a way to make each run's stepper; `generate` is the one loop."""
+
+    def __init__(self, target: LoadedModel, sampling: SamplingConfig = SamplingConfig()):
+        self.target = target
+        self.sampling = sampling
+
+    def stepper(self, run: Run) -> Stepper:
+        raise NotImplementedError
 
     def check_prompt(self, prompt_ids: list[int]) -> None:
         window = self.target.context_window
@@ -77,95 +204,118 @@ class SpeculativeDecoder:
         Closing the generator (a consumer that stops iterating) stops the run between steps.
         """
         self.check_prompt(prompt_ids)
-        sampling, window = self.sampling, self.target.context_window
-        eos_ids = self.target.eos_token_ids
-        generator = sampling.make_generator()
-        detok = IncrementalDetokenizer(self.target.tokenizer, prompt_ids)
-        target = CachedCausalLM(self.target.model)
-        if self.proposer is not None:
-            self.proposer.start(list(prompt_ids))
-        tokens = list(prompt_ids)
-        run_start = time.perf_counter()
-        paused = 0.0  # time spent suspended at `yield` (the consumer's work) is not the engine's time
-        # Prefill every prompt token but the last: the first step feeds the last one.
-        prefill_forwards = 0
-        if len(tokens) > 1:
-            target.forward(tokens[:-1])
-            prefill_forwards = 1
-        produced = 0
-        step = 0
+        run = Run(self.target, self.sampling, prompt_ids, max_new_tokens)
+        with contextlib.closing(self.stepper(run)) as stepper:
+            yield from self._loop(run, stepper)
+
+    def _loop(self, run: Run, stepper: Stepper) -> Iterator[StepEvent]:
         while True:
-            step_start = time.perf_counter()
-            # 1. how much to draft: the policy's choice, clamped so accepted + 1 fits the budget
-            budget = min(max_new_tokens - produced, window - len(tokens))
-            requested, reason, inputs = self.policy.decide() if self.proposer is not None else (0, "autoregressive: no draft", {})
-            allowed = max(0, min(requested, budget - 1))
-            if allowed < requested and self.proposer is not None:
-                reason = f"{reason}; clamped to {allowed} by the remaining budget of {budget} tokens"
-            decision = LengthDecision(requested, allowed, reason, dict(inputs))
-
-            # 2. draft
-            proposal = Proposal([], None)
-            if self.proposer is not None and allowed > 0:
-                proposal = self.proposer.propose(tokens, allowed, sampling, generator)
-            draft = proposal.token_ids[:allowed]
-            draft_probs = None if proposal.draft_probs is None else proposal.draft_probs[: len(draft)]
-            drafted_at = time.perf_counter()
-
-            # 3. verify: one target forward pass over [last, d1..dk] -> k + 1 distributions
-            target_probs, verdict = verify_chain(target, tokens[-1], draft, draft_probs, sampling, generator)
-            verified_at = time.perf_counter()
-
-            # 4. commit accepted + recovered/bonus, cut at EOS and the token budget
-            n = verdict.num_accepted
-            context_length = len(tokens)
-            committed, kinds, stop_reason = commit(tokens, draft[:n], verdict, bool(draft), eos_ids,
-                                                   max_new_tokens - produced, window)
-            produced += len(committed)
-
-            # 5. roll back: target keeps context + accepted drafts; the proposer crops to match
+            run.step_started = run.clock()
+            # 1. draft and verify (the strategy's part)
+            outcome = stepper.step(run)
+            # 2. commit accepted + recovered/bonus/baseline, cut at EOS and the token budget
+            context_length = len(run.tokens)
+            committed, kinds, stop_reason = run.commit(outcome)
+            # 3. roll the caches back to the committed prefix; the proposer and the policy learn
             if stop_reason is None:
-                target.rollback(context_length + n)
-                self.policy.update(len(draft), n)
-                if self.proposer is not None and draft:
-                    self.proposer.observe(n)
-
-            event = StepEvent(
-                index=step,
-                context_length=context_length,
-                decision=decision,
-                draft=drafted_tokens(draft, draft_probs, target_probs, verdict, detok, sampling),
-                output=output_token(verdict, target_probs[n], bool(draft), detok, sampling),
-                new_tokens=tuple(NewToken(t, detok.push(t), kind) for t, kind in zip(committed, kinds)),
-                target_forwards=1 + (prefill_forwards if step == 0 else 0),  # the prefill counts in step 0
-                timings=step_timings(step_start, drafted_at, verified_at, run_start + paused, bool(draft)),
-                stop_reason=stop_reason,
-                proposer_info=proposal.info,
-                lattice=lattice_columns(proposal.lattice, draft, detok),
-            )
+                stepper.settle(run, outcome, context_length)
+            event = run.event(outcome, context_length, committed, kinds, stop_reason)
+            # 4. hand the event over; time suspended here is the consumer's, not the engine's
             yielded_at = time.perf_counter()
             yield event
-            paused += time.perf_counter() - yielded_at
+            run.paused(time.perf_counter() - yielded_at)
             if stop_reason is not None:
                 return
-            step += 1
+            run.step += 1
 
 
-def step_timings(step_start: float, drafted_at: float, verified_at: float, origin: float, drafted: bool) -> PhaseTimings:
-    """A draft-then-verify step's timings from perf_counter readings; `origin` is the engine clock's zero
-    (run start + time paused at yields). Drafting and verifying alternate on one worker each."""
-    now = time.perf_counter()
-    return PhaseTimings(
-        draft_s=drafted_at - step_start,
-        verify_s=verified_at - drafted_at,
-        overhead_s=now - verified_at,
-        start_s=step_start - origin,
-        end_s=now - origin,
-        phases=(
-            WorkerPhase("drafter", "draft", step_start - origin, drafted_at - origin),
-            WorkerPhase("target", "verify", drafted_at - origin, verified_at - origin),
-        ) if drafted else (),
-    )
+# --------------------------------------------------------------------------- chains
+
+
+class SpeculativeDecoder(Decoder):
+    """Target + optional chain proposer + draft-length policy + sampling settings.
+
+    `proposer=None` is the autoregressive baseline.
+    """
+
+    def __init__(
+        self,
+        target: LoadedModel,
+        proposer: Proposer | None = None,
+        policy: DraftLengthPolicy | None = None,
+        sampling: SamplingConfig = SamplingConfig(),
+    ):
+        super().__init__(target, sampling)
+        self.proposer = proposer
+        self.policy = policy or ConstantLength(1)
+
+    def stepper(self, run: Run) -> ChainStepper:
+        if self.proposer is not None:
+            self.proposer.start(list(run.tokens))
+        return ChainStepper(self.proposer, self.policy)
+
+
+class ChainStepper:
+    """Draft a chain of the policy's length, verify it in one target pass."""
+
+    def __init__(self, proposer: Proposer | None, policy: DraftLengthPolicy):
+        self.proposer = proposer
+        self.policy = policy
+
+    def step(self, run: Run) -> StepOutcome:
+        sampling, detok = run.sampling, run.detok
+        # 1. how much to draft: the policy's choice, clamped so accepted + 1 fits the budget
+        budget = run.budget
+        if self.proposer is None:
+            requested, reason, inputs = 0, "autoregressive: no draft", {}
+        else:
+            requested, reason, inputs = self.policy.decide()
+        allowed = max(0, min(requested, budget - 1))
+        if allowed < requested:
+            reason = f"{reason}; clamped to {allowed} by the remaining budget of {budget} tokens"
+        decision = LengthDecision(requested, allowed, reason, dict(inputs))
+
+        # 2. draft
+        proposal = Proposal([], None)
+        if self.proposer is not None and allowed > 0:
+            proposal = self.proposer.propose(run.tokens, allowed, sampling, run.generator)
+        draft = proposal.token_ids[:allowed]
+        draft_probs = None if proposal.draft_probs is None else proposal.draft_probs[: len(draft)]
+        drafted_at = run.clock()
+
+        # 3. verify: one target forward pass over [last, d1..dk] -> k + 1 distributions
+        target_probs, verdict = verify_chain(run.target, run.tokens[-1], draft, draft_probs, sampling, run.generator)
+        verified_at = run.clock()
+        n = verdict.num_accepted
+        return StepOutcome(
+            decision=decision,
+            draft=drafted_tokens(draft, draft_probs, target_probs, verdict, detok, sampling),
+            accepted=tuple(draft[:n]),
+            verdict=verdict,
+            output=output_token(verdict, target_probs[n], detok, sampling),
+            drafted_at=drafted_at,
+            verified_at=verified_at,
+            phases=alternating_phases(run.step_started, drafted_at, verified_at) if draft else (),
+            proposer_info=proposal.info,
+            lattice=lattice_columns(proposal.lattice, draft, detok),
+            feedback=StepFeedback(len(draft), n, tuple(draft[:n]), proposal.generated),
+        )
+
+    def settle(self, run: Run, outcome: StepOutcome, context_length: int) -> None:
+        # the target keeps context + accepted drafts; the proposer crops to match
+        feedback = outcome.feedback
+        run.target.rollback(context_length + feedback.num_accepted)
+        self.policy.update(feedback)
+        if self.proposer is not None and feedback.drafted:
+            self.proposer.observe(feedback)
+
+    def close(self) -> None:
+        pass
+
+
+def alternating_phases(started: float, drafted_at: float, verified_at: float) -> tuple[WorkerPhase, ...]:
+    """Plain speculation's timeline: the drafter drafts, then the target verifies."""
+    return (WorkerPhase("drafter", "draft", started, drafted_at), WorkerPhase("target", "verify", drafted_at, verified_at))
 
 
 def verify_chain(
@@ -185,28 +335,7 @@ def verify_chain(
     return target_probs, verify_rejection_sampling(draft, draft_probs, target_probs, generator)
 
 
-def commit(
-    tokens: list[int], accepted: list[int], verdict: ChainVerdict | TreeVerdict, drafted: bool,
-    eos_ids: set[int], budget: int, window: int,
-) -> tuple[list[int], list[str], str | None]:
-    """Append the accepted drafted tokens and the verdict's token to `tokens`, cut at EOS and the budget.
-
-    `drafted`: whether anything was drafted this step (else the verdict's token is a baseline token).
-    Returns (committed ids, their kinds, stop reason or None). `budget`: tokens the run may still add.
-    """
-    kinds = ["accepted"] * len(accepted) + [verdict.next_kind if drafted else "baseline"]
-    committed = list(accepted) + [verdict.next_token]
-    stop_reason = None
-    for i, token in enumerate(committed):
-        if token in eos_ids:
-            committed, kinds, stop_reason = committed[: i + 1], kinds[: i + 1], "eos"
-            break
-    tokens.extend(committed)
-    if stop_reason is None and len(committed) >= budget:
-        stop_reason = "max_new_tokens"
-    elif stop_reason is None and len(tokens) >= window:
-        stop_reason = "context_window"
-    return committed, kinds, stop_reason
+# --------------------------------------------------------------------------- event parts
 
 
 def top_candidates(dist: torch.Tensor, detok: IncrementalDetokenizer) -> tuple[TokenCandidate, ...]:
@@ -265,9 +394,8 @@ def lattice_columns(lattice_draft: LatticeDraft | None, draft: list[int],
 
 
 def output_token(
-    verdict: ChainVerdict,
+    verdict: ChainVerdict | TreeVerdict,
     target_row: torch.Tensor,  # [vocab] the target's distribution at the output position
-    drafted: bool,
     detok: IncrementalDetokenizer,
     sampling: SamplingConfig,
 ) -> OutputToken:
@@ -276,7 +404,7 @@ def output_token(
     return OutputToken(
         token_id=verdict.next_token,
         text=detok.piece(verdict.next_token),
-        kind=verdict.next_kind if drafted else "baseline",
+        kind=verdict.next_kind,
         prob=float(dist[verdict.next_token]),
         residual_top=top_candidates(dist, detok),
     )

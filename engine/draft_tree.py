@@ -219,7 +219,7 @@ def plan_iid(p: torch.Tensor, q: torch.Tensor, draws: list[int]) -> NodePlan:
 class TreeVerdict:
     accepted: tuple[int, ...]  # accepted node indices, root's child first (the accepted path)
     next_token: int  # recovered (the walk stopped at a node with children) or bonus (at a leaf)
-    next_kind: str  # "recovered" | "bonus"
+    next_kind: str  # "recovered" | "bonus" | "baseline" (the tree was the root alone)
     next_distribution: torch.Tensor  # [vocab] what next_token was drawn from
     tried: dict[int, float]  # node -> acceptance probability when it was tried
     uniforms: tuple[float, ...]  # every uniform drawn, in order (empty under greedy)
@@ -256,7 +256,7 @@ def verify_tree_greedy(tree: DraftTree, target_logits: torch.Tensor) -> TreeVerd
         if match is None:
             one_hot = torch.zeros(target_logits.shape[-1])
             one_hot[argmax[node]] = 1.0
-            return TreeVerdict(tuple(accepted), argmax[node], "recovered" if children else "bonus",
+            return TreeVerdict(tuple(accepted), argmax[node], "recovered" if children else "bonus" if accepted else "baseline",
                                one_hot, tried, ())
         accepted.append(match)
         node = match
@@ -278,7 +278,7 @@ def verify_tree_sampling(tree: DraftTree, target_probs: torch.Tensor, generator:
         if chosen is None:
             residual = plan.residual.float()
             token = int(torch.multinomial(residual, 1, generator=generator))
-            return TreeVerdict(tuple(accepted), token, "recovered" if stands_for else "bonus", residual,
+            return TreeVerdict(tuple(accepted), token, "recovered" if stands_for else "bonus" if accepted else "baseline", residual,
                                tried, tuple(uniforms))
         accepted.append(chosen)
         node = chosen

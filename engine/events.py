@@ -136,6 +136,16 @@ class LatticeColumn:
 
 
 @dataclass(frozen=True)
+class StepFeedback:
+    """What verification did with one step's draft: the one thing proposers and length policies learn from."""
+
+    drafted: int  # tokens the verifier was shown (a chain's length, or a tree's nodes below the root)
+    num_accepted: int  # drafted tokens kept
+    accepted: tuple[int, ...] = ()  # the kept token ids, in order (a chain prefix or a tree path)
+    generated: int | None = None  # tokens the drafter generated before its own cut (diffusion: up to EOS), if known
+
+
+@dataclass(frozen=True)
 class StepEvent:
     index: int  # 0-based step number
     context_length: int  # tokens in the context (prompt + output) before this step

@@ -13,8 +13,14 @@ from typing import Any, Protocol
 
 import torch
 
+from .events import StepFeedback
+
 
 class DraftLengthPolicy(Protocol):
+    # The policy's in-draft stop (confidence stop, SpecDec++), which a model drafter consults before each
+    # token; None for policies that only choose K. Builders pass it to the proposer explicitly.
+    stop_rule: DraftStopRule | None
+
     def decide(self) -> tuple[int, str, dict[str, Any]]:
         """Return (requested length, reason, inputs).
 
@@ -22,7 +28,7 @@ class DraftLengthPolicy(Protocol):
         that the explorer plots beside the chosen lengths.
         """
 
-    def update(self, drafted: int, accepted: int) -> None:
+    def update(self, feedback: StepFeedback) -> None:
         """Learn from the verdict of the last step."""
 
 
@@ -37,18 +43,22 @@ class DraftStopRule(Protocol):
 
 
 class ConstantLength:
+    stop_rule = None  # chooses K only
+
     def __init__(self, k: int):
         self.k = k
 
     def decide(self) -> tuple[int, str, dict[str, Any]]:
         return self.k, f"constant K = {self.k}", {"k": self.k}
 
-    def update(self, drafted: int, accepted: int) -> None:
+    def update(self, feedback: StepFeedback) -> None:
         pass
 
 
 class HeuristicLength:
     """transformers' "heuristic" schedule: +2 after a fully accepted draft, -1 otherwise, floor 1, cap max_k."""
+
+    stop_rule = None  # chooses K only
 
     def __init__(self, k: int, max_k: int):
         self.k = k
@@ -59,7 +69,8 @@ class HeuristicLength:
     def decide(self) -> tuple[int, str, dict[str, Any]]:
         return self.k, self._reason, {"k": self.k, "max_k": self.max_k, **self._last}
 
-    def update(self, drafted: int, accepted: int) -> None:
+    def update(self, feedback: StepFeedback) -> None:
+        drafted, accepted = feedback.drafted, feedback.num_accepted
         if drafted == 0:  # nothing was drafted (e.g. budget), nothing to learn
             return
         before = self.k
@@ -85,6 +96,8 @@ class AcceptanceFeedbackLength:
     (round half to even: round(3.5) = 4); then 0 of 5 -> ema 1.75, K 3.
     """
 
+    stop_rule = None  # chooses K only
+
     def __init__(self, k: int, max_k: int, beta: float = 0.5):
         self.max_k = max_k
         self.beta = beta
@@ -98,7 +111,8 @@ class AcceptanceFeedbackLength:
                   "signal_name": "moving average of accepted length", **self._last}
         return self.k, self._reason, inputs
 
-    def update(self, drafted: int, accepted: int) -> None:
+    def update(self, feedback: StepFeedback) -> None:
+        drafted, accepted = feedback.drafted, feedback.num_accepted
         if drafted == 0:
             return
         before = self.ema
@@ -116,7 +130,7 @@ class DiffusionDraftLength(AcceptanceFeedbackLength):
     much of the block the target verifies. Two moving averages drive it (same beta):
     - the accepted length, as in `AcceptanceFeedbackLength`: K = round(ema_accepted) + 1;
     - the generated length: how far the drafter's text went before it put an EOS (the whole
-      block when it put none), reported by the proposer each step: near the end of an answer
+      block when it put none), reported by the proposer with each proposal (StepFeedback.generated): near the end of an answer
       the drafter's own EOS caps K at ceil(ema_generated).
     K = min(round(ema_accepted) + 1, ceil(ema_generated)), within [1, max_k].
 
@@ -128,18 +142,15 @@ class DiffusionDraftLength(AcceptanceFeedbackLength):
     def __init__(self, k: int, max_k: int, beta: float = 0.5):
         super().__init__(k, max_k, beta)
         self.ema_generated = float(max_k)
-        self._generated: int | None = None
         self._reason = f"starting K = {k} (moving averages: accepted length {self.ema:.2f}, generated length {self.ema_generated:.2f})"
 
-    def record_generated(self, length: int) -> None:
-        """The drafter's generated length this step: block positions up to and including its first EOS."""
-        self._generated = length
-
-    def update(self, drafted: int, accepted: int) -> None:
+    def update(self, feedback: StepFeedback) -> None:
+        drafted, accepted = feedback.drafted, feedback.num_accepted
         if drafted == 0:
             return
         before_acc, before_gen = self.ema, self.ema_generated
-        generated = self._generated if self._generated is not None else self.max_k
+        # the drafter's generated length this step: block positions up to and including its first EOS
+        generated = feedback.generated if feedback.generated is not None else self.max_k
         self.ema = (1 - self.beta) * self.ema + self.beta * accepted
         self.ema_generated = (1 - self.beta) * self.ema_generated + self.beta * generated
         by_acceptance, by_length = round(self.ema) + 1, math.ceil(self.ema_generated - 1e-9)
@@ -194,6 +205,10 @@ class ConfidenceStop:
 
     uses_hidden_state = False
 
+    @property
+    def stop_rule(self) -> ConfidenceStop:
+        return self  # it stops inside the draft, with the threshold it learns as a policy
+
     def should_stop(self, position: int, dist: torch.Tensor, hidden: torch.Tensor | None = None) -> str | None:
         """Called before drafting position `position` with the drafter's distribution there ([vocab])."""
         confidence = float(dist.max())
@@ -202,7 +217,8 @@ class ConfidenceStop:
         self._drafted_conf.append(confidence)
         return None
 
-    def update(self, drafted: int, accepted: int) -> None:
+    def update(self, feedback: StepFeedback) -> None:
+        drafted, accepted = feedback.drafted, feedback.num_accepted
         conf, self._drafted_conf = self._drafted_conf[:drafted], []
         if not conf:
             return
@@ -337,6 +353,10 @@ class AcceptancePredictorStop:
     def predict(self, features: list[float]) -> float:
         return float(torch.sigmoid(torch.tensor(features, dtype=torch.float64) @ self.weights))
 
+    @property
+    def stop_rule(self) -> AcceptancePredictorStop:
+        return self  # it stops inside the draft, with the predictor it refits as a policy
+
     def decide(self) -> tuple[int, str, dict[str, Any]]:
         inputs = {"max_k": self.max_k, "stop_threshold": self.stop_threshold,
                   "signal": None if self._last_risk is None else round(self._last_risk, 4),
@@ -359,7 +379,8 @@ class AcceptancePredictorStop:
         self._drafted.append(features)
         return None
 
-    def update(self, drafted: int, accepted: int) -> None:
+    def update(self, feedback: StepFeedback) -> None:
+        drafted, accepted = feedback.drafted, feedback.num_accepted
         features, self._drafted = self._drafted[:drafted], []
         if not features:
             return

@@ -1,4 +1,4 @@
-"""The tree decoding loop: propose a draft tree, verify every node in ONE target pass, keep a path.
+"""Tree steps for the decoding driver: propose a draft tree, verify every node in ONE target pass, keep a path.
 
 Same cache convention as the chain loop (engine.decoding): the target's cache holds every
 committed token but the last. Each step feeds the tree (root = that last token, then the drafted
@@ -9,95 +9,75 @@ the next step's logits equal those of a fresh pass over the accepted text.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
-
 import torch
 
-from .causal_lm import CachedCausalLM
-from .decoding import SpeculativeDecoder, commit, output_token, step_timings, top_candidates
+from .decoding import Decoder, Run, StepOutcome, alternating_phases, output_token, top_candidates
 from .detokenize import IncrementalDetokenizer
 from .draft_tree import DraftTree, TreeVerdict, verify_tree_greedy, verify_tree_sampling
-from .events import DraftedToken, LengthDecision, NewToken, StepEvent, TreeNode
+from .events import DraftedToken, LengthDecision, StepFeedback, TreeNode
 from .models import LoadedModel
 from .proposers.model_trees import TreeProposer
 from .sampling import SamplingConfig, check_finite, logits_to_probs
 
 
-class TreeDecoder(SpeculativeDecoder):
+class TreeDecoder(Decoder):
     """Target + tree proposer + sampling settings; yields the same StepEvents as the chain loop, with `tree` set."""
 
     def __init__(self, target: LoadedModel, proposer: TreeProposer, sampling: SamplingConfig = SamplingConfig()):
-        super().__init__(target, None, None, sampling)
+        super().__init__(target, sampling)
         self.tree_proposer = proposer
 
-    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Iterator[StepEvent]:
-        self.check_prompt(prompt_ids)
-        sampling, window, eos_ids = self.sampling, self.target.context_window, self.target.eos_token_ids
-        generator = sampling.make_generator()
-        detok = IncrementalDetokenizer(self.target.tokenizer, prompt_ids)
-        target = CachedCausalLM(self.target.model)
-        self.tree_proposer.start(list(prompt_ids))
-        tokens = list(prompt_ids)
-        run_start = time.perf_counter()
-        paused = 0.0
-        prefill_forwards = 0
-        if len(tokens) > 1:
-            target.forward(tokens[:-1])
-            prefill_forwards = 1
-        produced, step = 0, 0
-        while True:
-            step_start = time.perf_counter()
-            # 1. draft a tree no deeper than the budget allows (accepted path + 1 must fit)
-            budget = min(max_new_tokens - produced, window - len(tokens))
-            proposal = self.tree_proposer.propose_tree(tokens, budget - 1, sampling, generator)
-            tree = proposal.tree
-            drafted_at = time.perf_counter()
-            decision = LengthDecision(len(tree) - 1, len(tree) - 1, proposal.info.get("summary", "draft tree"),
-                                      {"nodes": len(tree) - 1, "depth": max(tree.depths())})
+    def stepper(self, run: Run) -> TreeStepper:
+        self.tree_proposer.start(list(run.tokens))
+        return TreeStepper(self.tree_proposer)
 
-            # 2. verify: one target pass over every node with tree attention -> a distribution per node
-            logits = target.forward_tree(tree.tokens, tree.parents)  # [N, vocab]
-            check_finite(logits, "target")
-            target_probs = logits_to_probs(logits, sampling)  # [N, vocab]
-            verdict = (verify_tree_greedy(tree, logits) if sampling.greedy
-                       else verify_tree_sampling(tree, target_probs, generator))
-            verified_at = time.perf_counter()
 
-            # 3. commit the accepted path + the target's token, cut at EOS and the budget
-            context_length = len(tokens)
-            path_tokens = [tree.tokens[i] for i in verdict.accepted]
-            committed, kinds, stop_reason = commit(tokens, path_tokens, verdict, len(tree) > 1, eos_ids,
-                                                   max_new_tokens - produced, window)
-            produced += len(committed)
+class TreeStepper:
+    def __init__(self, proposer: TreeProposer):
+        self.proposer = proposer
 
-            # 4. compact the cache: committed prefix, root, accepted path (the tree starts at position context_length - 1)
-            if stop_reason is None:
-                root = context_length - 1
-                target.keep_positions(list(range(root + 1)) + [root + i for i in verdict.accepted])
-                self.tree_proposer.observe(path_tokens)
+    def step(self, run: Run) -> StepOutcome:
+        sampling, detok = run.sampling, run.detok
+        # 1. draft a tree no deeper than the budget allows (accepted path + 1 must fit)
+        proposal = self.proposer.propose_tree(run.tokens, run.budget - 1, sampling, run.generator)
+        tree = proposal.tree
+        drafted_at = run.clock()
+        decision = LengthDecision(len(tree) - 1, len(tree) - 1, proposal.info.get("summary", "draft tree"),
+                                  {"nodes": len(tree) - 1, "depth": max(tree.depths())})
 
-            last = verdict.accepted[-1] if verdict.accepted else 0
-            nodes = tree_nodes(tree, target_probs, verdict, detok)
-            event = StepEvent(
-                index=step,
-                context_length=context_length,
-                decision=decision,
-                draft=tuple(_as_drafted(node, target_probs[node.parent], detok) for node in nodes[1:]),
-                output=output_token(verdict, target_probs[last], len(tree) > 1, detok, sampling),
-                new_tokens=tuple(NewToken(t, detok.push(t), kind) for t, kind in zip(committed, kinds)),
-                target_forwards=1 + (prefill_forwards if step == 0 else 0),
-                timings=step_timings(step_start, drafted_at, verified_at, run_start + paused, len(tree) > 1),
-                stop_reason=stop_reason,
-                proposer_info=proposal.info,
-                tree=nodes,
-            )
-            yielded_at = time.perf_counter()
-            yield event
-            paused += time.perf_counter() - yielded_at
-            if stop_reason is not None:
-                return
-            step += 1
+        # 2. verify: one target pass over every node with tree attention -> a distribution per node
+        logits = run.target.forward_tree(tree.tokens, tree.parents)  # [N, vocab]
+        check_finite(logits, "target")
+        target_probs = logits_to_probs(logits, sampling)  # [N, vocab]
+        verdict = (verify_tree_greedy(tree, logits) if sampling.greedy
+                   else verify_tree_sampling(tree, target_probs, run.generator))
+        verified_at = run.clock()
+
+        path_tokens = tuple(tree.tokens[i] for i in verdict.accepted)
+        last = verdict.accepted[-1] if verdict.accepted else 0
+        nodes = tree_nodes(tree, target_probs, verdict, detok)
+        return StepOutcome(
+            decision=decision,
+            draft=tuple(_as_drafted(node, target_probs[node.parent], detok) for node in nodes[1:]),
+            accepted=path_tokens,
+            verdict=verdict,
+            output=output_token(verdict, target_probs[last], detok, sampling),
+            drafted_at=drafted_at,
+            verified_at=verified_at,
+            phases=alternating_phases(run.step_started, drafted_at, verified_at) if len(tree) > 1 else (),
+            proposer_info=proposal.info,
+            tree=nodes,
+            feedback=StepFeedback(len(tree) - 1, len(path_tokens), path_tokens),
+        )
+
+    def settle(self, run: Run, outcome: StepOutcome, context_length: int) -> None:
+        # compact the cache: committed prefix, root, accepted path (the tree starts at position context_length - 1)
+        root = context_length - 1
+        run.target.keep_positions(list(range(root + 1)) + [root + i for i in outcome.verdict.accepted])
+        self.proposer.observe(outcome.feedback)
+
+    def close(self) -> None:
+        pass
 
 
 def tree_nodes(tree: DraftTree, target_probs: torch.Tensor, verdict: TreeVerdict,

@@ -21,7 +21,7 @@ import torch
 class ChainVerdict:
     num_accepted: int  # length of the accepted prefix of the draft
     next_token: int  # recovered token (at the first rejection) or bonus token (all accepted)
-    next_kind: str  # "recovered" | "bonus"
+    next_kind: str  # "recovered" | "bonus" | "baseline" (nothing was drafted)
     accept_probs: tuple[float, ...]  # per checked position: min(1, p/q) (greedy: 1.0 or 0.0)
     uniforms: tuple[float, ...]  # per checked position: the uniform draw (empty under greedy)
     next_distribution: torch.Tensor  # [vocab] the distribution next_token was drawn from
@@ -41,7 +41,7 @@ def verify_greedy(draft_ids: list[int], target_logits: torch.Tensor) -> ChainVer
         if not ok:
             return ChainVerdict(i, argmax[i], "recovered", tuple(accept_probs), (), _one_hot_like(target_logits[i], argmax[i]))
     k = len(draft_ids)
-    return ChainVerdict(k, argmax[k], "bonus", tuple(accept_probs), (), _one_hot_like(target_logits[k], argmax[k]))
+    return ChainVerdict(k, argmax[k], "bonus" if k else "baseline", tuple(accept_probs), (), _one_hot_like(target_logits[k], argmax[k]))
 
 
 def _one_hot_like(row: torch.Tensor, index: int) -> torch.Tensor:
@@ -104,4 +104,4 @@ def verify_rejection_sampling(
             return ChainVerdict(i, recovered, "recovered", tuple(accept_probs), tuple(uniforms), residual)
     k = len(draft_ids)
     bonus = int(torch.multinomial(target_probs[k], 1, generator=generator))
-    return ChainVerdict(k, bonus, "bonus", tuple(accept_probs), tuple(uniforms), target_probs[k])
+    return ChainVerdict(k, bonus, "bonus" if k else "baseline", tuple(accept_probs), tuple(uniforms), target_probs[k])

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from conftest import chi_square_critical, chi_square_statistic
+from engine.events import StepFeedback
 from engine import ConfigError, SamplingConfig, SpeculativeDecoder, build_decoder, parse_strategy, run_to_completion
 from engine.policies import ConstantLength
 from engine.proposers import AdaptiveNgramProposer, adaptive_ngram
@@ -179,7 +180,7 @@ def test_observe_records_checked_positions_only_and_commits_feed_the_table():
     proposer.start(prompt)
     # contexts walked: (1, 2) -> 3 (the trigram 4 1 2 has no successor yet), (1, 2, 3) -> 4, (2, 3, 4) -> 1
     assert propose(proposer, prompt, 3).token_ids == [3, 4, 1]
-    proposer.observe(1)  # 3 accepted, 4 rejected, 1 unchecked
+    proposer.observe(StepFeedback(3, 1))  # 3 accepted, 4 rejected, 1 unchecked
     table = proposer.table
     accepted = table.lookup([1, 2])[1][3]
     assert (accepted.proposed, accepted.accepted) == (1, 1)
@@ -205,7 +206,7 @@ def test_rejections_lower_confidence_until_the_walk_stops():
         table = proposal.info["tables"][0]
         assert proposal.token_ids == [7]
         assert table["rows"][0][table["columns"].index("Q")] == expected_q
-        proposer.observe(0)  # rejected (the verifier wrote something else; not committed in this test)
+        proposer.observe(StepFeedback(3, 0))  # rejected (the verifier wrote something else; not committed in this test)
     proposal = propose(proposer, prompt, 1)
     assert proposal.token_ids == []
     assert "best chain Q 0.11 < min_confidence 0.20" in proposal.info["summary"]
@@ -225,11 +226,11 @@ def test_chain_confidence_sets_the_draft_length_and_adapts():
     # no verdict yet: every r_n is 1, every Q is 1, the chain runs to K
     first = propose(proposer, prompt, 8)
     assert first.token_ids == [3, 4, 1, 2, 3, 4, 1, 2] and chain_qs(first) == [1.0] * 8
-    proposer.observe(1)  # 3 (from the 2-token context) accepted, 4 (from the 3-token context) rejected: r_3 = 1/2
+    proposer.observe(StepFeedback(3, 1))  # 3 (from the 2-token context) accepted, 4 (from the 3-token context) rejected: r_3 = 1/2
     second = propose(proposer, prompt, 8)
     assert second.token_ids == [3, 4] and chain_qs(second) == [1.0, 0.25]  # then 0.25 * 0.5 = 0.125 < 0.2
     assert "best chain Q 0.12 < min_confidence 0.20" in second.info["summary"]
-    proposer.observe(2)  # both accepted: the chain grows again
+    proposer.observe(StepFeedback(3, 2))  # both accepted: the chain grows again
     third = propose(proposer, prompt, 8)
     assert third.token_ids == [3, 4, 1, 2, 3] and chain_qs(third) == [1.0, 0.556, 0.37, 0.247, 0.247]
 
@@ -238,7 +239,7 @@ def test_start_resets_the_table():
     proposer = make_proposer()
     proposer.start([1, 2, 1])
     propose(proposer, [1, 2, 1], 2)
-    proposer.observe(0)
+    proposer.observe(StepFeedback(3, 0))
     proposer.start([4, 5])
     assert proposer.table.length == 2 and len(proposer.table) == 1  # only (4,) -> 5
     assert propose(proposer, [4, 5], 3).token_ids == []

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from conftest import TINY_VOCAB, chi_square_critical, chi_square_statistic, load_prompts
+from engine.events import StepFeedback
 from engine import SamplingConfig, SpeculativeDecoder, run_to_completion
 from engine.api import build_decoder, encode_prompt
 from engine.diffusion_drafter import load_diffusion_drafter
@@ -59,9 +60,9 @@ class FixedScorer:
                 for path, tokens in zip(paths, candidates)]
 
 
-def diffusion(search="cps", scorer=None, policy=None, drafter=None, **kwargs):
+def diffusion(search="cps", scorer=None, drafter=None, **kwargs):
     return DiffusionProposer(drafter or TableBlockDrafter(), BLOCK, search, scorer or NgramCausalScorer(), 0.5, 3, 3,
-                             length_policy=policy, **kwargs)
+                             **kwargs)
 
 
 # --------------------------------------------------------------------------- lattice and path search
@@ -136,11 +137,9 @@ def test_drafter_scorer_equals_a_fresh_forward_over_each_path(tiny_noisy_drafter
 def test_adl_follows_the_worked_example():
     policy = DiffusionDraftLength(4, 8)
     assert policy.decide()[0] == 4
-    policy.record_generated(3)
-    policy.update(3, 3)
+    policy.update(StepFeedback(3, 3, generated=3))
     assert (policy.ema, policy.ema_generated, policy.decide()[0]) == (3.0, 5.5, 4)
-    policy.record_generated(8)
-    policy.update(4, 0)
+    policy.update(StepFeedback(4, 0, generated=8))
     k, reason, inputs = policy.decide()
     assert (policy.ema, policy.ema_generated, k) == (1.5, 6.75, 3)
     assert "0 of 4 accepted" in reason and "set by the accepted length" in reason and inputs["signal"] == 1.5
@@ -150,8 +149,7 @@ def test_adl_caps_the_length_by_where_the_drafter_ends_its_text():
     """Accepting everything the drafter wrote up to its EOS: no "+1 beyond" past where its text ends."""
     policy = DiffusionDraftLength(4, 8)
     for generated in [3] * 12 + [2, 3]:
-        policy.record_generated(generated)
-        policy.update(generated, generated)
+        policy.update(StepFeedback(generated, generated, generated=generated))
     k, reason, _ = policy.decide()
     assert round(policy.ema) + 1 == 4 and k == math.ceil(policy.ema_generated - 1e-9) == 3
     assert "set by the generated length" in reason
@@ -167,7 +165,7 @@ def test_greedy_diffusion_output_equals_the_baseline(search, tiny_target, tiny_n
         baseline = run_to_completion(SpeculativeDecoder(tiny_target), prompt, 30).token_ids
         scorer = DrafterCausalScorer(tiny_noisy_drafter.model) if search == "cps-drafter" else None
         policy = DiffusionDraftLength(2, BLOCK)
-        proposer = diffusion(search.split("-")[0], scorer=scorer, policy=policy)
+        proposer = diffusion(search.split("-")[0], scorer=scorer)
         result = run_to_completion(SpeculativeDecoder(tiny_target, proposer, policy), prompt, 30)
         assert result.token_ids == baseline
         drafted += result.metrics.drafted
@@ -205,11 +203,12 @@ def test_the_draft_ends_at_the_drafters_eos_and_adl_hears_of_it(tiny_target):
             return logits
 
     policy = DiffusionDraftLength(4, BLOCK)
-    proposer = diffusion("top1", drafter=EosDrafter(), policy=policy, eos_ids={7})
+    proposer = diffusion("top1", drafter=EosDrafter(), eos_ids={7})
     proposal = proposer.propose(PROMPTS[0], 4, SamplingConfig(), torch.Generator())
     assert len(proposal.token_ids) == 2 and proposal.token_ids[-1] == 7
     assert "ends with EOS at position 2" in proposal.info["summary"]
-    policy.update(2, 2)
+    assert proposal.generated == 2  # the proposal says how far the drafter's text ran; the loop tells the policy
+    policy.update(StepFeedback(2, 2, generated=proposal.generated))
     assert policy.decide()[2]["generated"] == 2
 
 

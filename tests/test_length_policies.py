@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from conftest import chi_square_critical, chi_square_statistic
+from engine.events import StepFeedback
 from engine import SamplingConfig, SpeculativeDecoder, early_exit_drafter, run_to_completion
 from engine.api import build_decoder
 from engine.errors import ConfigError
@@ -42,18 +43,18 @@ def peaked(top: float, vocab: int = 16) -> torch.Tensor:
 def test_feedback_length_follows_the_moving_average_of_accepted_lengths():
     policy = AcceptanceFeedbackLength(k=4, max_k=6, beta=0.5)
     assert policy.decide()[0] == 4
-    policy.update(4, 4)  # ema 3 -> 3.5, K = round(3.5) + 1 = 5
+    policy.update(StepFeedback(4, 4))  # ema 3 -> 3.5, K = round(3.5) + 1 = 5
     k, reason, inputs = policy.decide()
     assert (k, inputs["signal"]) == (5, 3.5) and "3.00 -> 3.50" in reason
-    policy.update(5, 0)  # ema 1.75 -> K 3
+    policy.update(StepFeedback(5, 0))  # ema 1.75 -> K 3
     assert policy.decide()[0] == 3
     for _ in range(10):
-        policy.update(3, 3)
+        policy.update(StepFeedback(3, 3))
     assert policy.decide()[0] == 4  # ema -> 3: K = 4, below the cap
-    policy.update(0, 0)  # nothing drafted: nothing learned
+    policy.update(StepFeedback(0, 0))  # nothing drafted: nothing learned
     assert policy.decide()[0] == 4
     for _ in range(20):
-        policy.update(1, 0)
+        policy.update(StepFeedback(1, 0))
     assert policy.decide()[0] == 1  # the floor
 
 
@@ -66,7 +67,7 @@ def test_confidence_threshold_minimises_false_stops_plus_weighted_false_accepts(
     assert policy.should_stop(2, peaked(0.6)) is None
     assert policy.should_stop(3, peaked(0.5)) is None
     assert "0.20 < threshold 0.30" in policy.should_stop(4, peaked(0.2))
-    policy.update(4, 2)  # tokens 0 (c 0.1) and 1 (0.9) accepted, 2 (0.6) rejected, 3 (0.5) never checked
+    policy.update(StepFeedback(4, 2))  # tokens 0 (c 0.1) and 1 (0.9) accepted, 2 (0.6) rejected, 3 (0.5) never checked
     assert sorted((round(c, 4), ok) for c, ok in policy._history) == [(0.1, True), (0.6, False), (0.9, True)]
     # t = 0: 0.5 x 1 rejected = 0.5; t = 0.1: same; t = 0.6: 1 false stop (0.1) = 1.0; t = 0.9: 1 + 0 = 1.0
     assert policy.threshold == 0.0
@@ -78,9 +79,9 @@ def test_confidence_threshold_worked_example():
     policy = ConfidenceStop(max_k=8, stop_weight=0.5)
     for c in (0.9, 0.6, 0.3):
         policy.should_stop(0 if c == 0.9 else 1, peaked(c))
-    policy.update(3, 2)  # 0.9, 0.6 accepted; 0.3 rejected
+    policy.update(StepFeedback(3, 2))  # 0.9, 0.6 accepted; 0.3 rejected
     policy.should_stop(0, peaked(0.5))
-    policy.update(1, 0)  # 0.5 rejected
+    policy.update(StepFeedback(1, 0))  # 0.5 rejected
     assert policy.threshold == pytest.approx(0.6)
 
 
@@ -89,9 +90,9 @@ def test_predictor_stop_learns_that_confident_tokens_are_accepted():
     for step in range(30):  # sure tokens (0.95) accepted, unsure ones (0.35, at position 0: always drafted) rejected
         assert policy.should_stop(0, peaked(0.95)) is None
         assert policy.should_stop(1, peaked(0.95)) is None
-        policy.update(2, 2)
+        policy.update(StepFeedback(2, 2))
         assert policy.should_stop(0, peaked(0.35)) is None
-        policy.update(1, 0)
+        policy.update(StepFeedback(1, 0))
     sure, unsure = policy.predict(acceptance_features(1, peaked(0.95))), policy.predict(acceptance_features(1, peaked(0.35)))
     assert sure > 0.8 and unsure < 0.3, (sure, unsure)
     assert policy.should_stop(0, peaked(0.95)) is None
@@ -294,7 +295,7 @@ def test_fit_logistic_recovers_a_separable_rule():
 def test_specdec_starts_from_trained_weights_when_given(tmp_path):
     import json
 
-    from engine.api import length_policy
+    from engine.builders import length_policy
     from engine.trained_drafters import PREDICTOR_FILE, load_acceptance_predictor
 
     from safetensors.torch import save_file

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from engine.events import StepFeedback
 from engine.proposers import PromptLookupProposer, find_ngram_draft
 from engine.sampling import SamplingConfig
 
@@ -68,5 +69,5 @@ def test_prompt_lookup_proposer():
     sampling = SamplingConfig()
     proposal = proposer.propose([5, 6, 7, 8, 1, 5, 6], 2, sampling, sampling.make_generator())
     assert proposal.token_ids == [7, 8] and proposal.draft_probs is None
-    proposer.observe(1)
+    proposer.observe(StepFeedback(2, 1))
     assert proposer.propose([1, 2, 3], 4, sampling, sampling.make_generator()).token_ids == []

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import chi_square_critical, chi_square_statistic
+from engine.events import StepFeedback
 from engine import SamplingConfig, SpeculativeDecoder, early_exit_drafter, run_to_completion
 from engine.policies import ConstantLength
 from engine.proposers import DraftModelProposer
@@ -56,9 +57,9 @@ def test_decide_prefers_the_layer_with_more_tokens_per_layer_and_learns(exits):
     assert proposer.chosen == 1 and inputs["exit_layer"] == 1
     assert k == 4  # near-certain acceptance: draft as much as allowed
     assert "exit layer 1" in reason and "tokens per layer" in reason
-    proposer.update(drafted=4, accepted=1)
+    proposer.update(StepFeedback(4, 1))
     assert proposer.stats[1].accepted == 401 and proposer.stats[1].rejected == 3
-    proposer.update(drafted=0, accepted=0)  # nothing drafted: nothing learnt
+    proposer.update(StepFeedback(0, 0))  # nothing drafted: nothing learnt
     assert proposer.stats[1].steps == 1
 
 

@@ -322,7 +322,7 @@ def test_greedy_empty_draft_is_plain_argmax():
     logits = _logits_with_argmax([3])
     verdict = verify_greedy([], logits)
     assert verdict.num_accepted == 0
-    assert verdict.next_kind == "bonus" and verdict.next_token == 3
+    assert verdict.next_kind == "baseline" and verdict.next_token == 3  # nothing drafted: a baseline token
     assert verdict.accept_probs == ()
 
 

@@ -63,6 +63,7 @@ from typing import Any
 
 import torch
 
+from ..events import StepFeedback
 from ..sampling import SamplingConfig
 from .base import Proposal
 
@@ -252,8 +253,9 @@ class AdaptiveNgramProposer:
         draft = [p.chosen.token_id for p in self._drafted]
         return Proposal(draft, None, self._info(walk, stop))
 
-    def observe(self, num_accepted: int) -> None:
+    def observe(self, feedback: StepFeedback) -> None:
         # positions up to the first rejection were checked; later ones ("unchecked") teach nothing
+        num_accepted = feedback.num_accepted
         for position, drafted in enumerate(self._drafted[: num_accepted + 1]):
             self.table.record(drafted.context, drafted.chosen.token_id, accepted=position < num_accepted)
 

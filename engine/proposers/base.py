@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
+from ..events import StepFeedback
 from ..sampling import SamplingConfig
 
 if TYPE_CHECKING:
@@ -22,6 +23,8 @@ class Proposal:
     info: dict[str, Any] = field(default_factory=dict)
     # Diffusion drafters: the token lattice the chain was taken from (engine.token_lattice.LatticeDraft)
     lattice: LatticeDraft | None = None
+    # Tokens the drafter generated before its own cut (diffusion: up to its first EOS); None = it does not say
+    generated: int | None = None
 
 
 class Proposer(Protocol):
@@ -31,5 +34,5 @@ class Proposer(Protocol):
     def propose(self, context: list[int], k: int, sampling: SamplingConfig, generator: torch.Generator) -> Proposal:
         """Draft up to k tokens continuing `context` (prompt + output so far)."""
 
-    def observe(self, num_accepted: int) -> None:
-        """The verifier kept the first num_accepted drafted tokens of the last proposal."""
+    def observe(self, feedback: StepFeedback) -> None:
+        """What the verifier did with the last proposal (it kept the first feedback.num_accepted tokens)."""

@@ -43,6 +43,7 @@ from typing import Any
 import torch
 
 from ..causal_lm import CachedCausalLM
+from ..events import StepFeedback
 from ..sampling import SamplingConfig, check_finite
 from .base import Proposal
 
@@ -246,7 +247,7 @@ class CrossVocabProposer:
         info = self._info(context, drafted, confidences, draft_text, window, target_ids, bridged, dropped, sync)
         return Proposal(target_ids, None, info)
 
-    def observe(self, num_accepted: int) -> None:
+    def observe(self, feedback: StepFeedback) -> None:
         """Nothing to do: the next proposal re-syncs the drafter from the committed text."""
 
     def _draft(self, logits: torch.Tensor, k: int) -> tuple[list[int], list[float], str]:

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ..diffusion_drafter import BlockDrafter
-from ..policies import DiffusionDraftLength
+from ..events import StepFeedback
 from ..sampling import SamplingConfig, check_finite, logits_to_probs
 from ..token_lattice import CausalScorer, LatticeDraft, TokenLattice, causal_path_search
 from .base import Proposal
@@ -32,14 +32,12 @@ class DiffusionProposer:
     """A `BlockDrafter` + a lattice path search. `block`: positions the drafter fills per pass (L)."""
 
     def __init__(self, drafter: BlockDrafter, block: int, search: str = "cps", scorer: CausalScorer | None = None,
-                 causal_weight: float = 2.0, beam: int = 4, candidates: int = 4, eos_ids: set[int] = frozenset(),
-                 length_policy: DiffusionDraftLength | None = None):
+                 causal_weight: float = 2.0, beam: int = 4, candidates: int = 4, eos_ids: set[int] = frozenset()):
         if search not in SEARCHES:
             raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
         self.drafter, self.block, self.search = drafter, block, search
         self.scorer, self.causal_weight, self.beam, self.candidates = scorer, causal_weight, beam, candidates
         self.eos_ids = set(eos_ids)
-        self.length_policy = length_policy  # told the generated length each step (ADL)
 
     def start(self, prompt_ids: list[int]) -> None:
         if self.scorer is not None:
@@ -67,15 +65,13 @@ class DiffusionProposer:
         end = next((i + 1 for i, t in enumerate(tokens) if t in self.eos_ids), None)
         tokens = tokens[:end] if end else tokens
         generated = end if end else self.block
-        if self.length_policy is not None:
-            self.length_policy.record_generated(generated)
         if draft_probs is None:  # greedy: the verifier ignores q; keep the drafter's own for the inspector
             draft_probs = q[: len(tokens)]
         path_probs = [float(q[i, t]) for i, t in enumerate(tokens)]
         return Proposal(tokens, draft_probs[: len(tokens)], self._info(lattice, tokens, k, end, sampling),
-                        lattice=LatticeDraft(lattice, path_probs, list(causal[: len(tokens)])))
+                        lattice=LatticeDraft(lattice, path_probs, list(causal[: len(tokens)])), generated=generated)
 
-    def observe(self, num_accepted: int) -> None:
+    def observe(self, feedback: StepFeedback) -> None:
         pass  # the drafter is stateless across steps; the n-gram scorer reads the committed context itself
 
     def _info(self, lattice: TokenLattice, tokens: list[int], k: int, end: int | None,

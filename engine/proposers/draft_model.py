@@ -6,6 +6,7 @@ import torch
 
 from ..causal_lm import CachedCausalLM
 from ..policies import DraftStopRule
+from ..events import StepFeedback
 from ..sampling import SamplingConfig, check_finite, logits_to_probs, sample
 from .base import Proposal
 
@@ -78,8 +79,8 @@ class DraftModelProposer:
             return logits[-1], hidden
         return self.lm.forward(token_ids)[-1], None
 
-    def observe(self, num_accepted: int) -> None:
-        self.crop(self._context_length + num_accepted)
+    def observe(self, feedback: StepFeedback) -> None:
+        self.crop(self._context_length + feedback.num_accepted)
 
     def crop(self, keep: int) -> None:
         """Keep at most the first `keep` context tokens in the drafter's cache."""

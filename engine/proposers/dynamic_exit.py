@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from ..events import StepFeedback
 from ..sampling import SamplingConfig
 from .base import Proposal
 from .draft_model import DraftModelProposer
@@ -77,6 +78,8 @@ class DynamicExitProposer:
     the adapter in layer units.
     """
 
+    stop_rule = None  # as its own length policy it chooses K (and the exit layer) before drafting
+
     def __init__(
         self,
         drafters: dict[int, torch.nn.Module],
@@ -109,8 +112,8 @@ class DynamicExitProposer:
             info["summary"] = f"{self._last_info['summary']}; {proposal.info['summary']}"
         return Proposal(proposal.token_ids, proposal.draft_probs, info)
 
-    def observe(self, num_accepted: int) -> None:
-        self.proposers[self.chosen].observe(num_accepted)
+    def observe(self, feedback: StepFeedback) -> None:
+        self.proposers[self.chosen].observe(feedback)
 
     # -- draft-length policy ----------------------------------------------------------------------
     def _score(self, stats: ExitLayerStats, total: float) -> tuple[float, int, float]:
@@ -152,7 +155,8 @@ class DynamicExitProposer:
         }
         return k, reason, inputs
 
-    def update(self, drafted: int, accepted: int) -> None:
+    def update(self, feedback: StepFeedback) -> None:
+        drafted, accepted = feedback.drafted, feedback.num_accepted
         if drafted == 0:
             return
         s = self.stats[self.chosen]

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from ..draft_tree import DraftTree
+from ..events import StepFeedback
 from ..sampling import SamplingConfig
 from .model_trees import ModelTreeProposer, TreeProposal
 from .retrieval import DocumentIndex
@@ -62,7 +63,7 @@ class LookupTreeProposer:
     def start(self, prompt_ids: list[int]) -> None:
         pass
 
-    def observe(self, accepted: list[int]) -> None:
+    def observe(self, feedback: StepFeedback) -> None:
         pass
 
     def propose_tree(self, context: list[int], max_depth: int, sampling: SamplingConfig,
@@ -88,8 +89,8 @@ class FusedRetrievalTreeProposer:
     def start(self, prompt_ids: list[int]) -> None:
         self.model_tree.start(prompt_ids)
 
-    def observe(self, accepted: list[int]) -> None:
-        self.model_tree.observe(accepted)
+    def observe(self, feedback: StepFeedback) -> None:
+        self.model_tree.observe(feedback)
 
     def propose_tree(self, context: list[int], max_depth: int, sampling: SamplingConfig,
                      generator: torch.Generator) -> TreeProposal:

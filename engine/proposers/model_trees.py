@@ -33,6 +33,7 @@ import torch
 
 from ..causal_lm import CachedCausalLM
 from ..draft_tree import DraftTree
+from ..events import StepFeedback
 from ..sampling import SamplingConfig, check_finite, logits_to_probs
 
 
@@ -50,8 +51,8 @@ class TreeProposer(Protocol):
                      generator: torch.Generator) -> TreeProposal:
         """A tree rooted at context[-1], at most max_depth drafted levels deep."""
 
-    def observe(self, accepted: list[int]) -> None:
-        """The verifier accepted these tokens (the accepted path)."""
+    def observe(self, feedback: StepFeedback) -> None:
+        """What the verifier did with the last tree (feedback.accepted: the accepted path's tokens)."""
 
 
 def parse_branching(text: str) -> tuple[int, ...]:
@@ -102,82 +103,163 @@ def _gumbel_top_k(q: torch.Tensor, k: int, generator: torch.Generator) -> list[i
     return torch.topk(keys, min(k, support)).indices.tolist()
 
 
-class ModelTreeProposer:
-    """A drafter model grown into a tree by one of the shapes above (`shape`: static | dynamic | rsd | spectr)."""
+class TreeShape(Protocol):
+    """Which children each node gets, which nodes grow, and what is kept: one rule object per tree shape."""
 
-    def __init__(self, model: torch.nn.Module, shape: str, branching: tuple[int, ...] = (2, 2, 1),
-                 width: int = 4, nodes: int = 16, depth: int = 4, drafts: int = 3):
+    depth: int  # drafted levels (drafter passes)
+
+    def children(self, node: int, q: torch.Tensor, d: int, sampling: SamplingConfig, generator: torch.Generator,
+                 tree: DraftTree, draws: dict[int, int]) -> list[int]:
+        """The child tokens of `node` at depth d + 1, given the drafter's q there [vocab]; records on the tree
+        how they were drawn. `draws`: node -> how many of the drafts pass through it (SpecTr)."""
+
+    def grows(self, level: list[int], path: dict[int, float]) -> list[int]:
+        """The nodes of a new level that get children of their own."""
+
+    def finish(self, tree: DraftTree, path: dict[int, float]) -> DraftTree:
+        """The tree to verify."""
+
+    def describe(self) -> str: ...
+
+
+def _top(q: torch.Tensor, width: int) -> list[int]:
+    return torch.topk(q, min(width, int((q > 0).sum()))).indices.tolist()
+
+
+@dataclass(frozen=True)
+class StaticShape:
+    """SpecInfer / Medusa: the top b_d tokens of each node at depth d ("chosen")."""
+
+    branching: tuple[int, ...]
+
+    @property
+    def depth(self) -> int:
+        return len(self.branching)
+
+    def children(self, node, q, d, sampling, generator, tree, draws) -> list[int]:
+        return _top(q, self.branching[d])
+
+    def grows(self, level: list[int], path: dict[int, float]) -> list[int]:
+        return level
+
+    def finish(self, tree: DraftTree, path: dict[int, float]) -> DraftTree:
+        return tree
+
+    def describe(self) -> str:
+        return f"static top-k tree, branching {','.join(map(str, self.branching))}"
+
+
+@dataclass(frozen=True)
+class DynamicShape:
+    """EAGLE-2: the `width` likeliest nodes of a level grow `width` children each; the best `nodes` are kept."""
+
+    width: int
+    nodes: int
+    depth: int
+
+    def children(self, node, q, d, sampling, generator, tree, draws) -> list[int]:
+        return _top(q, self.width)
+
+    def grows(self, level: list[int], path: dict[int, float]) -> list[int]:
+        return sorted(level, key=lambda n: -path[n])[: self.width]
+
+    def finish(self, tree: DraftTree, path: dict[int, float]) -> DraftTree:
+        return _keep_best(tree, path, self.nodes)
+
+    def describe(self) -> str:
+        return f"EAGLE-2 dynamic tree: expand the top {self.width} by path probability, keep {self.nodes}"
+
+
+@dataclass(frozen=True)
+class RsdShape(StaticShape):
+    """RSD: b_d children drawn from q without replacement (Gumbel-top-k); greedy runs take the top b_d."""
+
+    def children(self, node, q, d, sampling, generator, tree, draws) -> list[int]:
+        if sampling.greedy:
+            return _top(q, self.branching[d])
+        tree.child_draw[node], tree.child_q[node] = "without_replacement", q
+        return _gumbel_top_k(q, self.branching[d], generator)
+
+    def describe(self) -> str:
+        return f"RSD tree sampled without replacement, branching {','.join(map(str, self.branching))}"
+
+
+@dataclass(frozen=True)
+class SpecTrShape:
+    """SpecTr: k drafts drawn independently, merged on shared prefixes, every draw kept ("iid")."""
+
+    drafts: int
+    depth: int
+
+    def children(self, node, q, d, sampling, generator, tree, draws) -> list[int]:
+        if sampling.greedy:
+            draws[len(tree)] = draws.get(node, self.drafts)  # every draft is the same chain
+            return _top(q, 1)
+        sampled = torch.multinomial(q, draws.get(node, self.drafts), replacement=True, generator=generator).tolist()
+        tree.child_draw[node], tree.child_q[node] = "iid", q
+        counts = Counter(sampled)
+        children = list(dict.fromkeys(sampled))  # first-draw order
+        tree.draws[node] = [len(tree) + children.index(t) for t in sampled]  # child indices once added
+        for token in children:
+            draws[len(tree) + children.index(token)] = counts[token]
+        return children
+
+    def grows(self, level: list[int], path: dict[int, float]) -> list[int]:
+        return level
+
+    def finish(self, tree: DraftTree, path: dict[int, float]) -> DraftTree:
+        return tree
+
+    def describe(self) -> str:
+        return f"SpecTr: {self.drafts} independent drafts merged on shared prefixes"
+
+
+class ModelTreeProposer:
+    """A drafter model grown into a tree, one level per drafter pass, by a `TreeShape`'s rules."""
+
+    def __init__(self, model: torch.nn.Module, shape: TreeShape):
         self.drafter = TreeDrafter(model)
         self.shape = shape
-        self.branching = branching  # static, rsd
-        self.width, self.nodes = width, nodes  # dynamic
-        self.depth = depth if shape in ("dynamic", "spectr") else len(branching)
-        self.drafts = drafts  # spectr
 
     def start(self, prompt_ids: list[int]) -> None:
         self.drafter.start()
 
-    def observe(self, accepted: list[int]) -> None:
+    def observe(self, feedback: StepFeedback) -> None:
         pass  # the next root() crops the tree away and catches up on what was accepted
 
     def propose_tree(self, context: list[int], max_depth: int, sampling: SamplingConfig,
                      generator: torch.Generator) -> TreeProposal:
         tree = DraftTree.rooted_at(context[-1])
-        depth = min(self.depth, max_depth)
+        depth = min(self.shape.depth, max_depth)
         if depth <= 0:
             return TreeProposal(tree, {"summary": "the token budget leaves nothing to draft"})
         region: dict[int, int] = {}
         logits = self.drafter.root(context)[None]  # [1, vocab]
-        frontier, multiplicity = [0], {0: self.drafts}
+        frontier, draws = [0], {}
         path = {0: 1.0}
         passes = 1
         for d in range(depth):
             # 1. the drafter's distribution at every frontier node (fed in one pass, except the root)
             check_finite(logits, "drafter")
             q = logits_to_probs(logits, sampling)  # [len(frontier), vocab]
-            # 2. each frontier node's children
+            # 2. each frontier node's children, by the shape's rule
             level = []
             for row, node in enumerate(frontier):
-                for token in self._children(node, q[row], d, sampling, generator, tree, multiplicity):
+                for token in self.shape.children(node, q[row], d, sampling, generator, tree, draws):
                     child = tree.add(node, token, float(q[row, token]))
                     path[child] = path[node] * float(q[row, token])
                     level.append(child)
             # 3. which of them grow next (EAGLE-2: only the likeliest paths); feed those, unless this is the last level
-            frontier = sorted(level, key=lambda n: -path[n])[: self.width] if self.shape == "dynamic" else level
+            frontier = self.shape.grows(level, path)
             if d + 1 < depth and frontier:
                 logits = self.drafter.expand(tree, frontier, region)
                 passes += 1
-        if self.shape == "dynamic":
-            tree = _keep_best(tree, path, self.nodes)
+        tree = self.shape.finish(tree, path)
         return TreeProposal(tree, self._info(tree, passes))
-
-    def _children(self, node: int, q: torch.Tensor, d: int, sampling: SamplingConfig, generator: torch.Generator,
-                  tree: DraftTree, multiplicity: dict[int, int]) -> list[int]:
-        """The child tokens of `node` at depth d + 1; records how they were drawn on the tree."""
-        if self.shape == "spectr" and not sampling.greedy:
-            draws = torch.multinomial(q, multiplicity[node], replacement=True, generator=generator).tolist()
-            tree.child_draw[node], tree.child_q[node] = "iid", q
-            counts = Counter(draws)
-            children = list(dict.fromkeys(draws))  # first-draw order
-            tree.draws[node] = [len(tree) + children.index(t) for t in draws]  # child indices once added
-            for token in children:
-                multiplicity[len(tree) + children.index(token)] = counts[token]
-            return children
-        width = self.width if self.shape == "dynamic" else 1 if self.shape == "spectr" else self.branching[d]
-        if self.shape == "rsd" and not sampling.greedy:
-            tree.child_draw[node], tree.child_q[node] = "without_replacement", q
-            return _gumbel_top_k(q, width, generator)
-        if self.shape == "spectr":
-            multiplicity[len(tree)] = multiplicity[node]  # greedy: every draft is the same chain
-        return torch.topk(q, min(width, int((q > 0).sum()))).indices.tolist()
 
     def _info(self, tree: DraftTree, passes: int) -> dict[str, Any]:
         depths = tree.depths()
-        shape = {"static": f"static top-k tree, branching {','.join(map(str, self.branching))}",
-                 "dynamic": f"EAGLE-2 dynamic tree: expand the top {self.width} by path probability, keep {self.nodes}",
-                 "rsd": f"RSD tree sampled without replacement, branching {','.join(map(str, self.branching))}",
-                 "spectr": f"SpecTr: {self.drafts} independent drafts merged on shared prefixes"}[self.shape]
-        return {"summary": f"{shape}: {len(tree) - 1} nodes, depth {max(depths)}, {passes} drafter passes",
+        return {"summary": f"{self.shape.describe()}: {len(tree) - 1} nodes, depth {max(depths)}, {passes} drafter passes",
                 "nodes": len(tree) - 1, "depth": max(depths), "drafter_passes": passes}
 
 

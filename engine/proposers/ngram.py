@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from ..events import StepFeedback
 from ..sampling import SamplingConfig
 from .base import Proposal
 
@@ -45,5 +46,5 @@ class PromptLookupProposer:
         draft = find_ngram_draft(context, k, self.max_ngram, self.min_ngram)
         return Proposal(draft, None)
 
-    def observe(self, num_accepted: int) -> None:
+    def observe(self, feedback: StepFeedback) -> None:
         pass

@@ -67,6 +67,7 @@ from typing import Any
 import torch
 
 from ..causal_lm import CachedCausalLM
+from ..events import StepFeedback
 from ..sampling import SamplingConfig, check_finite, logits_to_probs, sample
 from .base import Proposal
 
@@ -294,9 +295,9 @@ class RetrievalProposer:
         rows[torch.arange(retrieved), torch.tensor(draft[:retrieved], dtype=torch.long)] = 1.0
         return Proposal(draft, rows, info)
 
-    def observe(self, num_accepted: int) -> None:
+    def observe(self, feedback: StepFeedback) -> None:
         assert self.lm is not None
-        self.lm.rollback(min(self.lm.cached_length, self._context_length + num_accepted))
+        self.lm.rollback(min(self.lm.cached_length, self._context_length + feedback.num_accepted))
 
     # -- the step inspector's account ---------------------------------------------------------------
     def _text(self, token_id: int) -> str:

@@ -37,6 +37,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from engine.events import StepFeedback
 from engine import EMBEDDED_DEFAULT, ModelCache, SamplingConfig, SpeculativeDecoder, encode_prompt
 from engine.errors import ConfigError
 from engine.policies import (
@@ -79,8 +80,8 @@ class _RecordingLength(ConstantLength):
         super().__init__(k)
         self.recorder = recorder
 
-    def update(self, drafted: int, accepted: int) -> None:
-        self.recorder.label(drafted, accepted)
+    def update(self, feedback: StepFeedback) -> None:
+        self.recorder.label(feedback.drafted, feedback.num_accepted)
 
 
 def fit_projection(hidden: torch.Tensor, n_components: int) -> HiddenStateProjection:

@@ -1,0 +1,304 @@
+"""How each strategy config becomes a decoder: one builder function per config class, registered with `@builds`.
+
+A builder receives its validated config and one `BuildContext` (target, model cache, sampling,
+progress callback, attached document) with one way to get a drafter, and returns a `Decoder`. Adding
+a strategy is a config class (engine.strategies) plus one decorated builder here; `build_decoder`
+only looks the builder up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import torch
+
+from .decoding import Decoder, SpeculativeDecoder
+from .diffusion_drafter import load_diffusion_drafter
+from .errors import ConfigError
+from .models import LoadedModel, ModelCache, ProgressFn
+from .pearl import PearlDecoder
+from .policies import (
+    AcceptanceFeedbackLength,
+    AcceptancePredictorStop,
+    ConfidenceStop,
+    ConstantLength,
+    DiffusionDraftLength,
+    DraftLengthPolicy,
+    HeuristicLength,
+    TrainedPredictor,
+)
+from .proposers.adaptive_ngram import AdaptiveNgramProposer
+from .proposers.cross_vocab import CrossVocabProposer
+from .proposers.diffusion import DiffusionProposer
+from .proposers.draft_model import DraftModelProposer
+from .proposers.dynamic_exit import DynamicExitProposer
+from .proposers.lookup_trees import FusedRetrievalTreeProposer, LookupTreeProposer
+from .proposers.model_trees import DynamicShape, ModelTreeProposer, RsdShape, SpecTrShape, StaticShape, TreeShape, parse_branching
+from .proposers.ngram import PromptLookupProposer
+from .proposers.retrieval import RetrievalProposer
+from .sampling import SamplingConfig
+from .strategies import (
+    KANGAROO_PREFIX,
+    AdaptiveNgramConfig,
+    AutoregressiveConfig,
+    ChainDrafting,
+    CrossVocabConfig,
+    DiffusionDraftingConfig,
+    DraftModelConfig,
+    DynamicExitConfig,
+    DynamicTreeConfig,
+    EarlyExitConfig,
+    KangarooConfig,
+    LookupTreeConfig,
+    ModelTreeDrafting,
+    PearlConfig,
+    PromptLookupConfig,
+    RasdTreeConfig,
+    RetrievalConfig,
+    RsdConfig,
+    SpecTrConfig,
+    StaticTreeConfig,
+    StrategyConfig,
+)
+from .token_lattice import DrafterCausalScorer, NgramCausalScorer
+from .trained_drafters import kangaroo_agreement, load_acceptance_predictor
+from .tree_decoding import TreeDecoder
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """Everything a builder may use besides its config."""
+
+    target: LoadedModel
+    models: ModelCache
+    sampling: SamplingConfig
+    progress: ProgressFn | None = None
+    document: str | None = None  # the text retrieval strategies draft from
+
+    def drafter(self, spec: str, vocab_trim: int = 0) -> torch.nn.Module:
+        """A same-tokenizer drafter model for the target (distilled, kangaroo:N, early-exit:N, a hub id or folder)."""
+        return self.models.drafter(self.target, spec, progress=self.progress, vocab_trim=vocab_trim).model
+
+    def document_ids(self, strategy: str) -> list[int]:
+        """The attached document as target token ids; a clear error when there is none."""
+        if self.document is None or not self.document.strip():
+            raise ConfigError("document", f"{strategy} drafts from a document: attach one (paste its text or upload a "
+                                          "text file)")
+        return list(self.target.tokenizer(self.document, add_special_tokens=False, verbose=False)["input_ids"])
+
+
+Config = TypeVar("Config", bound=StrategyConfig)
+Builder = Callable[[Config, BuildContext], Decoder]
+BUILDERS: dict[type[StrategyConfig], Builder] = {}
+
+
+def builds(config_class: type[Config]) -> Callable[[Builder], Builder]:
+    """Register the decorated function as the builder of `config_class` (exactly that class)."""
+    def register(builder: Builder) -> Builder:
+        if config_class in BUILDERS:
+            raise TypeError(f"{config_class.__name__} has two builders")
+        BUILDERS[config_class] = builder
+        return builder
+    return register
+
+
+def build_decoder(strategy: StrategyConfig, target: LoadedModel, models: ModelCache, sampling: SamplingConfig,
+                  progress: ProgressFn | None = None, *, document: str | None = None) -> Decoder:
+    """The decoder a strategy config describes. `document`: what retrieval strategies draft from (others ignore it)."""
+    builder = BUILDERS.get(type(strategy))
+    if builder is None:
+        raise ConfigError("strategy", f"no builder for strategy {strategy.name!r}")
+    return builder(strategy, BuildContext(target, models, sampling, progress, document))
+
+
+# --------------------------------------------------------------------------- chains
+
+
+def length_policy(strategy: ChainDrafting, trained_predictor: TrainedPredictor | None = None) -> DraftLengthPolicy:
+    """The draft-length policy a chain strategy names (constant, heuristic, feedback, confidence, specdec).
+
+    `trained_predictor`: SpecDec++'s predictor trained for this target and drafter (specdec only).
+    """
+    k, max_k = strategy.k, strategy.max_k
+    return {
+        "constant": lambda: ConstantLength(k),
+        "heuristic": lambda: HeuristicLength(k, max_k),
+        "feedback": lambda: AcceptanceFeedbackLength(k, max_k),
+        "confidence": lambda: ConfidenceStop(max_k),
+        "specdec": lambda: AcceptancePredictorStop(max_k, trained=trained_predictor),
+    }[strategy.length_policy]()
+
+
+def _policy_without_model_drafter(strategy: ChainDrafting) -> DraftLengthPolicy:
+    """The length policy of a chain strategy whose drafter has no distributions to stop on."""
+    policy = length_policy(strategy)
+    if policy.stop_rule is not None:
+        raise ConfigError(
+            "length_policy",
+            f"{strategy.length_policy} stops drafting on the drafter's probabilities, which only model drafters "
+            f"(draft_model, early_exit, kangaroo) have; {strategy.name} cannot use it",
+        )
+    return policy
+
+
+@builds(AutoregressiveConfig)
+def _autoregressive(strategy: AutoregressiveConfig, ctx: BuildContext) -> Decoder:
+    return SpeculativeDecoder(ctx.target, None, None, ctx.sampling)
+
+
+@builds(DraftModelConfig)
+@builds(EarlyExitConfig)
+@builds(KangarooConfig)
+def _model_chain(strategy: DraftModelConfig | EarlyExitConfig | KangarooConfig, ctx: BuildContext) -> Decoder:
+    trained = None
+    if strategy.length_policy == "specdec":
+        trained = load_acceptance_predictor(ctx.target.name, strategy.drafter, strategy.vocab_trim)
+    policy = length_policy(strategy, trained)
+    drafter = ctx.drafter(strategy.drafter, strategy.vocab_trim)
+    stop_below = getattr(strategy, "stop_below", 0.0)  # Kangaroo's double early exit
+    return SpeculativeDecoder(ctx.target, DraftModelProposer(drafter, stop_below, policy.stop_rule), policy, ctx.sampling)
+
+
+@builds(PromptLookupConfig)
+def _prompt_lookup(strategy: PromptLookupConfig, ctx: BuildContext) -> Decoder:
+    proposer = PromptLookupProposer(strategy.max_ngram, strategy.min_ngram)
+    return SpeculativeDecoder(ctx.target, proposer, _policy_without_model_drafter(strategy), ctx.sampling)
+
+
+@builds(AdaptiveNgramConfig)
+def _aded(strategy: AdaptiveNgramConfig, ctx: BuildContext) -> Decoder:
+    policy = _policy_without_model_drafter(strategy)
+    proposer = AdaptiveNgramProposer(strategy.max_ngram, strategy.min_ngram, strategy.exploration,
+                                     strategy.min_confidence, decode=ctx.target.tokenizer.decode)
+    return SpeculativeDecoder(ctx.target, proposer, policy, ctx.sampling)
+
+
+@builds(RetrievalConfig)
+def _rasd(strategy: RetrievalConfig, ctx: BuildContext) -> Decoder:
+    policy = _policy_without_model_drafter(strategy)
+    document_ids = ctx.document_ids(strategy.name)
+    proposer = RetrievalProposer(
+        ctx.drafter(strategy.drafter, strategy.vocab_trim), document_ids, ctx.target.tokenizer.decode, strategy.tau,
+        strategy.max_candidates, strategy.min_match, strategy.max_match, strategy.drafter_tokens,
+        drafter_name=strategy.drafter, stop_below=strategy.stop_below,
+    )
+    return SpeculativeDecoder(ctx.target, proposer, policy, ctx.sampling)
+
+
+@builds(CrossVocabConfig)
+def _cross_vocab(strategy: CrossVocabConfig, ctx: BuildContext) -> Decoder:
+    policy = _policy_without_model_drafter(strategy)
+    if not ctx.sampling.greedy:
+        raise ConfigError(
+            "temperature",
+            "cross-vocabulary drafting is greedy-only here: its drafter has no probabilities over the target's "
+            "vocabulary, so sampled drafts could not be verified losslessly; use temperature 0",
+        )
+    drafter = ctx.models.get(strategy.drafter, progress=ctx.progress)
+    if drafter.tokenizer is None:
+        raise ConfigError("drafter", f"{strategy.drafter!r} has no tokenizer of its own")
+    proposer = CrossVocabProposer(drafter.model, drafter.tokenizer, ctx.target.tokenizer)
+    return SpeculativeDecoder(ctx.target, proposer, policy, ctx.sampling)
+
+
+@builds(DynamicExitConfig)
+def _dynamic_exit(strategy: DynamicExitConfig, ctx: BuildContext) -> Decoder:
+    """DEL over the target's trained Kangaroo adapters (all of them, or the requested exit layers).
+
+    DEL chooses the exit layer and K together from the same statistics, so its proposer is its own length policy.
+    """
+    trained = kangaroo_agreement(ctx.target)  # exit layer -> held-out agreement, the prior acceptance
+    layers = strategy.layers() or sorted(trained)
+    missing = [layer for layer in layers if layer not in trained]
+    if missing or not layers:
+        raise ConfigError(
+            "exit_layers",
+            f"no trained Kangaroo adapter for exit layer(s) {', '.join(map(str, missing)) or '(none trained)'}; "
+            f"trained: {', '.join(map(str, sorted(trained))) or 'none'}",
+        )
+    drafters = {layer: ctx.drafter(f"{KANGAROO_PREFIX}{layer}", strategy.vocab_trim) for layer in layers}
+    proposer = DynamicExitProposer(
+        drafters, {layer: trained[layer] for layer in layers}, len(ctx.target.model.model.layers), strategy.max_k,
+        stop_below=strategy.stop_below,
+    )
+    return SpeculativeDecoder(ctx.target, proposer, proposer, ctx.sampling)
+
+
+@builds(PearlConfig)
+def _pearl(strategy: PearlConfig, ctx: BuildContext) -> Decoder:
+    return PearlDecoder(ctx.target, ctx.drafter(strategy.drafter, strategy.vocab_trim), strategy.gamma, ctx.sampling)
+
+
+@builds(DiffusionDraftingConfig)
+def _diffusion(strategy: DiffusionDraftingConfig, ctx: BuildContext) -> Decoder:
+    """Diffusion drafting: the target's trained diffusion drafter, a lattice path search and ADL."""
+    drafter = load_diffusion_drafter(ctx.target, vocab_trim=strategy.vocab_trim)
+    block = drafter.config.block
+    if strategy.max_k > block:
+        raise ConfigError("max_k", f"the diffusion drafter fills {block} positions per pass; max_k must be <= {block}, "
+                                   f"got {strategy.max_k}")
+    scorer = None
+    if strategy.search == "cps":
+        scorer = (NgramCausalScorer() if strategy.causal == "ngram"
+                  else DrafterCausalScorer(ctx.drafter(strategy.drafter, strategy.vocab_trim)))
+    policy = (DiffusionDraftLength(strategy.k, strategy.max_k) if strategy.length_policy == "adl"
+              else ConstantLength(strategy.k))
+    proposer = DiffusionProposer(drafter, block, strategy.search, scorer, strategy.causal_weight, strategy.beam,
+                                 strategy.candidates, ctx.target.eos_token_ids)
+    return SpeculativeDecoder(ctx.target, proposer, policy, ctx.sampling)
+
+
+# --------------------------------------------------------------------------- trees
+
+
+def _check_tree_attention(strategy: StrategyConfig, ctx: BuildContext) -> None:
+    """Tree verification needs full attention everywhere (checked before any drafter is loaded)."""
+    if "sliding_attention" in (getattr(ctx.target.model.config, "layer_types", None) or ()):
+        raise ConfigError("strategy", f"{strategy.name} verifies a tree with tree attention, which needs full-attention "
+                                      f"layers; {ctx.target.name} has sliding-window layers: use a chain strategy")
+
+
+def _model_tree(strategy: ModelTreeDrafting, ctx: BuildContext, shape: TreeShape) -> Decoder:
+    _check_tree_attention(strategy, ctx)
+    proposer = ModelTreeProposer(ctx.drafter(strategy.drafter, strategy.vocab_trim), shape)
+    return TreeDecoder(ctx.target, proposer, ctx.sampling)
+
+
+@builds(StaticTreeConfig)
+def _static_tree(strategy: StaticTreeConfig, ctx: BuildContext) -> Decoder:
+    return _model_tree(strategy, ctx, StaticShape(parse_branching(strategy.branching)))
+
+
+@builds(RsdConfig)
+def _rsd(strategy: RsdConfig, ctx: BuildContext) -> Decoder:
+    return _model_tree(strategy, ctx, RsdShape(parse_branching(strategy.branching)))
+
+
+@builds(SpecTrConfig)
+def _spectr(strategy: SpecTrConfig, ctx: BuildContext) -> Decoder:
+    return _model_tree(strategy, ctx, SpecTrShape(drafts=strategy.drafts, depth=strategy.depth))
+
+
+@builds(DynamicTreeConfig)
+def _dynamic_tree(strategy: DynamicTreeConfig, ctx: BuildContext) -> Decoder:
+    return _model_tree(strategy, ctx, DynamicShape(width=strategy.width, nodes=strategy.nodes, depth=strategy.depth))
+
+
+@builds(LookupTreeConfig)
+def _lookup_tree(strategy: LookupTreeConfig, ctx: BuildContext) -> Decoder:
+    _check_tree_attention(strategy, ctx)
+    proposer = LookupTreeProposer(strategy.max_ngram, strategy.min_ngram, strategy.max_candidates, strategy.k)
+    return TreeDecoder(ctx.target, proposer, ctx.sampling)
+
+
+@builds(RasdTreeConfig)
+def _rasd_tree(strategy: RasdTreeConfig, ctx: BuildContext) -> Decoder:
+    _check_tree_attention(strategy, ctx)
+    document_ids = ctx.document_ids(strategy.name)
+    model_tree = ModelTreeProposer(ctx.drafter(strategy.drafter, strategy.vocab_trim),
+                                   DynamicShape(width=strategy.width, nodes=strategy.nodes, depth=strategy.depth))
+    proposer = FusedRetrievalTreeProposer(model_tree, document_ids, strategy.k, strategy.max_candidates,
+                                          strategy.min_match, strategy.max_match)
+    return TreeDecoder(ctx.target, proposer, ctx.sampling)
