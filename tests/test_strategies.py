@@ -8,6 +8,7 @@ import pytest
 
 from engine import STRATEGIES, describe_strategies, parse_strategy
 from engine.errors import ConfigError
+from engine.events import StepFeedback
 from engine.policies import ConstantLength, HeuristicLength
 from engine.strategies import (
     AutoregressiveConfig,
@@ -116,7 +117,11 @@ def test_describe_strategies_lists_everything():
                 assert spec["default"] in spec["choices"]
     by_name = {d["name"]: d for d in described}
     assert by_name["ar"]["parameters"] == {}
-    assert {k: v for k, v in by_name["prompt_lookup"]["parameters"]["k"].items() if k != "help"} == {"default": 4, "type": "int"}
+    assert {k: v for k, v in by_name["prompt_lookup"]["parameters"]["k"].items() if k != "help"} == {
+        "default": 4, "type": "int", "min": 1, "max": 64}
+    assert {k: v for k, v in by_name["rasd"]["parameters"]["tau"].items() if k != "help"} == {
+        "default": 0.0, "type": "float", "min": 0.0, "max": 1.0}
+    assert "min" not in by_name["draft_model"]["parameters"]["drafter"]  # a string: no range
     assert by_name["draft_model"]["parameters"]["length_policy"]["choices"] == ["constant", "heuristic", "feedback", "confidence", "specdec"]
     assert by_name["prompt_lookup"]["parameters"]["min_ngram"]["default"] == 2
     assert by_name["draft_model"]["parameters"]["drafter"]["default"] == "distilled"
@@ -124,6 +129,91 @@ def test_describe_strategies_lists_everything():
     assert by_name["early_exit"]["parameters"]["exit_layer"]["default"] == 6
     assert all(d["lossless"] for d in described)  # every strategy so far is lossless
 
+
+# --------------------------------------------------------------------------- declared ranges and choices
+
+
+def _declared(kind):
+    """(strategy, parameter, spec) for every parameter of that kind ("range" or "choices"), from describe_strategies."""
+    return [(s["name"], p, spec) for s in describe_strategies() for p, spec in s["parameters"].items()
+            if (kind == "range" and spec["type"] in ("int", "float")) or (kind == "choices" and "choices" in spec)]
+
+
+def _consistent(name, pname, value):
+    """Other fields set so that only `pname`'s own range decides: an ORDERED partner at its far end."""
+    cls, params = STRATEGIES[name], {pname: value}
+    specs = {p: spec for s in describe_strategies() if s["name"] == name for p, spec in s["parameters"].items()}
+    for first, second in cls.ORDERED:
+        if pname == first:
+            params[second] = specs[second]["max"]
+        elif pname == second:
+            params[first] = specs[first]["min"]
+    return params
+
+
+RANGES = _declared("range")
+
+
+def test_every_number_parameter_declares_its_range():
+    assert len(RANGES) > 50
+    for name, pname, spec in RANGES:
+        assert {"min", "max"} <= set(spec), f"{name}.{pname} has no declared range"
+        assert spec["min"] <= spec["default"] <= spec["max"], f"{name}.{pname}"
+
+
+@pytest.mark.parametrize("name, pname, spec", RANGES, ids=[f"{n}.{p}" for n, p, _ in RANGES])
+def test_ranges_are_inclusive_and_enforced(name, pname, spec):
+    low, high = spec["min"], spec["max"]
+    for value in (low, high):
+        assert getattr(STRATEGIES[name](**_consistent(name, pname, value)), pname) == value
+    if spec["type"] == "float":  # ints are fine where a float is asked for
+        STRATEGIES[name](**_consistent(name, pname, int(low)))
+    word = "an integer" if spec["type"] == "int" else "a number"
+    for value in (low - 1, high + 1, True, "1"):  # bool is not a number here; strings are parsed by parse_strategy only
+        with pytest.raises(ConfigError) as info:
+            STRATEGIES[name](**_consistent(name, pname, value))
+        assert info.value.field == pname
+        assert str(info.value).startswith(f"{pname}: must be {word} in [")
+
+
+CHOICES = _declared("choices")
+
+
+@pytest.mark.parametrize("name, pname, spec", CHOICES, ids=[f"{n}.{p}" for n, p, _ in CHOICES])
+def test_choice_parameters_reject_unknown_values(name, pname, spec):
+    for choice in spec["choices"]:
+        assert getattr(parse_strategy(name, {pname: choice}), pname) == choice
+    with pytest.raises(ConfigError) as info:
+        parse_strategy(name, {pname: "no-such-choice"})
+    assert str(info.value) == f"{pname}: must be one of {', '.join(spec['choices'])}, got 'no-such-choice'"
+
+
+@pytest.mark.parametrize(
+    "name, params, message",
+    [
+        ("prompt_lookup", {"k": 13}, "k: must be <= max_k (12), got 13"),
+        ("diffusion", {"k": 9}, "k: must be <= max_k (8), got 9"),
+        ("aded", {"min_ngram": 4}, "min_ngram: must be <= max_ngram (3), got 4"),
+        ("lookup_tree", {"min_ngram": 4}, "min_ngram: must be <= max_ngram (3), got 4"),
+        ("rasd", {"min_match": 9, "max_match": 8}, "min_match: must be <= max_match (8), got 9"),
+        ("rasd_tree", {"min_match": 9, "max_match": 8}, "min_match: must be <= max_match (8), got 9"),
+        ("kangaroo", {"max_k": 5}, "k: must be <= max_k (5), got 6"),  # kangaroo's own default k is 6
+        ("draft_model", {"k": 0}, "k: must be an integer in [1, 64], got 0"),
+        ("kangaroo", {"stop_below": 2}, "stop_below: must be a number in [0, 1], got 2"),
+        ("aded", {"exploration": 101.0}, "exploration: must be a number in [0, 100], got 101.0"),
+        ("pearl", {"vocab_trim": -1}, "vocab_trim: must be an integer in [0, 10000000], got -1"),
+        ("static_tree", {"drafter": "early-exit:0"},
+         "drafter: early-exit needs a positive layer count, e.g. early-exit:6, got 'early-exit:0'"),
+        ("diffusion", {"drafter": ""}, "drafter: must name a model (hub id or folder) or early-exit:N"),
+        ("cross_vocab", {"drafter": ""}, "drafter: must name a model (hub id, folder or gemma3-270m)"),
+        ("del", {"exit_layers": "2,,4"}, "exit_layers: must be 'all' or comma-separated layer numbers, got '2,,4'"),
+        ("rsd", {"branching": "8,8,8"}, "branching: makes a tree of 584 nodes; at most 128 are verified in one pass"),
+    ],
+)
+def test_ordered_pairs_and_checks_keep_their_messages(name, params, message):
+    with pytest.raises(ConfigError) as info:
+        STRATEGIES[name](**params)
+    assert str(info.value) == message
 
 def test_labels_and_params():
     assert AutoregressiveConfig().label() == "ar"
@@ -140,7 +230,7 @@ def test_constant_policy():
     for drafted, accepted in [(5, 5), (5, 0), (0, 0)]:
         k, reason, inputs = policy.decide()
         assert k == 5 and "5" in reason and inputs == {"k": 5}
-        policy.update(drafted, accepted)
+        policy.update(StepFeedback(drafted, accepted))
 
 
 def test_heuristic_policy_schedule():
@@ -150,7 +240,7 @@ def test_heuristic_policy_schedule():
         k, reason, inputs = policy.decide()
         assert k == drafted and inputs["k"] == k and inputs["max_k"] == 9
         ks.append(k)
-        policy.update(drafted, accepted)
+        policy.update(StepFeedback(drafted, accepted))
     assert ks == [4, 6, 8, 9, 9, 8, 7, 6, 5, 4]
     assert policy.decide()[0] == 6  # +2 after the last full accept
 
@@ -158,22 +248,22 @@ def test_heuristic_policy_schedule():
 def test_heuristic_policy_floor_cap_and_reasons():
     policy = HeuristicLength(k=2, max_k=3)
     assert policy.decide()[1] == "starting K = 2"
-    policy.update(2, 2)
+    policy.update(StepFeedback(2, 2))
     k, reason, inputs = policy.decide()
     assert k == 3 and "(cap)" in reason and inputs["previous_drafted"] == 2 and inputs["previous_accepted"] == 2
-    policy.update(3, 1)
+    policy.update(StepFeedback(3, 1))
     assert policy.decide()[0] == 2
-    policy.update(2, 0)
+    policy.update(StepFeedback(2, 0))
     assert policy.decide()[0] == 1
-    policy.update(1, 0)
+    policy.update(StepFeedback(1, 0))
     k, reason, _ = policy.decide()
     assert k == 1 and "(floor)" in reason
-    policy.update(0, 0)  # nothing drafted: no change, same reason
+    policy.update(StepFeedback(0, 0))  # nothing drafted: no change, same reason
     assert policy.decide()[:2] == (1, reason)
 
 
 def test_heuristic_partial_draft_fully_accepted_counts_as_full_accept():
     """A proposer may return fewer tokens than asked (n-gram); all of them accepted is +2."""
     policy = HeuristicLength(k=6, max_k=12)
-    policy.update(2, 2)
+    policy.update(StepFeedback(2, 2))
     assert policy.decide()[0] == 8
