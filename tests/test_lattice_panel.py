@@ -182,7 +182,7 @@ def test_steps_without_a_lattice_have_no_figure():
 
 
 def test_explorer_lattice_plot_follows_the_step_and_hides_for_chains():
-    from specviz.ui.app import _lattice_update, _tree_update
+    from specviz.ui.panels import _lattice_update, _tree_update
 
     events = [lattice_step(index=0), chain_step(), lattice_step(index=2, path=PATH[:1])]
     events[1] = StepEvent(**{**events[1].__dict__, "index": 1})
@@ -197,7 +197,7 @@ def test_explorer_lattice_plot_follows_the_step_and_hides_for_chains():
 def test_inspector_panel_returns_the_lattice_plot():
     import gradio as gr
 
-    from specviz.ui.app import build_inspector_panel
+    from specviz.ui.panels import build_inspector_panel
 
     with gr.Blocks():
         *_, tree_plot, lattice_plot = build_inspector_panel("x-")
@@ -242,7 +242,7 @@ def test_length_policy_field_takes_diffusions_adl():
     refuses a value outside a dropdown's choices) and list a strategy's own choices once it is picked."""
     import gradio as gr
 
-    from specviz.ui.app import PARAM_FIELDS, _field_updates, build_strategy_controls
+    from specviz.ui.controls import PARAM_FIELDS, _field_updates, build_strategy_controls
 
     with gr.Blocks():
         controls = build_strategy_controls("x-", "Strategy", "prompt_lookup")

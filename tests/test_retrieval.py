@@ -461,7 +461,7 @@ def test_explorer_passes_the_document_to_the_run(tmp_path, models, ar_tokens):
     retrieved candidates; History shows the document; a bad upload gets a clear message."""
     gradio_client = pytest.importorskip("gradio_client")
     from specviz.ui import build_app, launch_local
-    from specviz.ui.app import load_document_file
+    from specviz.ui.controls import load_document_file
     from specviz.ui.render import step_inspector_html
 
     store = RunStore(tmp_path / "ui.db")

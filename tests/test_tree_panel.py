@@ -183,7 +183,7 @@ def test_acceptance_history_shows_tree_size_and_depths():
 
 
 def test_explorer_tree_plot_follows_the_step_and_hides_for_chains():
-    from specviz.ui.app import _tree_update
+    from specviz.ui.panels import _tree_update
 
     events = [tree_step(SAMPLE, index=0), tree_step([(0, " a", "accepted")], output_kind="bonus", index=1)]
     latest, first = _tree_update(events, None), _tree_update(events, 0)

@@ -16,7 +16,7 @@ import html
 from collections.abc import Sequence
 from typing import Any
 
-from engine.events import DraftedToken, NewToken, StepEvent, TokenCandidate
+from engine.events import DraftedToken, LengthDecision, NewToken, StepEvent, TokenCandidate
 from engine.metrics import RunMetrics
 
 TOKEN_KINDS = ("accepted", "recovered", "bonus", "baseline")
@@ -289,63 +289,76 @@ def step_inspector_html(events: Sequence[StepEvent], index: int | None = None) -
         index = len(events) - 1
     index = max(0, min(int(index), len(events) - 1))
     step = events[index]
-    d = step.decision
+    out = ['<div class="inspector">', _step_head_html(step, len(events)), _decision_html(step.decision)]
+    # what drove the proposal (proposer-specific state: n-gram table, retrieved candidates, exit layer, ...)
+    if step.proposer_info:
+        out.append(proposer_info_html(step.proposer_info))
+    out += [_proposal_html(step), _target_token_html(step), _timings_html(step), "</div>"]
+    return "".join(out)
+
+
+def _step_head_html(step: StepEvent, n_steps: int) -> str:
     produced = len(step.new_tokens)
     kinds = [n.kind for n in step.new_tokens]
-    out = ['<div class="inspector">']
     parts = [f"{kinds.count('accepted')} accepted"] if step.num_drafted else []
     parts += [f"1 {k}" for k in kinds if k != "accepted"]
     summary = " + ".join(parts) or "none"
-    out.append(
-        f'<div class="insp-head"><b>Step {step.index}</b> of {len(events)} · context {step.context_length} tokens · '
+    return (
+        f'<div class="insp-head"><b>Step {step.index}</b> of {n_steps} · context {step.context_length} tokens · '
         f'drafted {step.num_drafted} · produced <b>{produced}</b> token{"s" if produced != 1 else ""} ({esc(summary)})'
         + (f' · <span class="stop-reason">run ended: {esc(step.stop_reason)}</span>' if step.stop_reason else "")
         + "</div>"
     )
-    # draft-length decision
+
+
+def _decision_html(d: LengthDecision) -> str:
+    """The draft-length decision: what the policy asked for, what it got, and why."""
     inputs = ", ".join(f"{esc(k)}={esc(v)}" for k, v in d.inputs.items())
-    out.append(
+    return (
         '<div class="insp-section"><div class="insp-title">Draft length decision</div>'
         f'<div>requested <b>{d.requested}</b>, allowed <b>{d.allowed}</b> — {esc(d.reason)}'
         + (f' <span class="muted">({inputs})</span>' if inputs else "")
         + "</div></div>"
     )
-    # what drove the proposal (proposer-specific state: n-gram table, retrieved candidates, exit layer, ...)
-    if step.proposer_info:
-        out.append(proposer_info_html(step.proposer_info))
-    # proposal table
-    if step.draft:
-        greedy = all(t.uniform is None for t in step.draft if t.verdict != "unchecked")
-        rows = []
-        for t in step.draft:
-            top = "".join(
-                f'<span class="chip"><code>{esc(visible_text(c.text))}</code> {_short_prob(c.prob)}</span>'
-                for c in t.target_top[:3]
-            ) or "—"
-            rows.append(
-                f'<tr class="row-{esc(t.verdict)}"><td class="num">{t.position}</td>'
-                f'<td><code>{esc(visible_text(t.text))}</code></td>'
-                f'<td class="num">{fmt_prob(t.draft_prob)}</td><td class="num">{fmt_prob(t.target_prob)}</td>'
-                f'<td class="num">{fmt_prob(t.accept_prob)}</td><td class="num">{fmt_prob(t.uniform)}</td>'
-                f"<td>{_verdict_badge(t.verdict)}</td><td class=\"top\">{top}</td></tr>"
-            )
-        note = (
-            "Greedy decoding: a draft token is kept iff it is the target's most likely token (min(1,p/q) shows 1 or 0; no uniform draw)."
-            if greedy
-            else "A draft token is kept when the uniform draw u ≤ min(1, p/q); the first refusal ends the check."
+
+
+def _proposal_html(step: StepEvent) -> str:
+    """The proposal table: one row per drafted token with q, p, min(1, p/q), u and the verdict."""
+    if not step.draft:
+        return ('<div class="insp-section"><div class="insp-title">Proposal</div><div class="muted">Nothing drafted '
+                'this step: the target produces one token on its own.</div></div>')
+    greedy = all(t.uniform is None for t in step.draft if t.verdict != "unchecked")
+    rows = []
+    for t in step.draft:
+        top = "".join(
+            f'<span class="chip"><code>{esc(visible_text(c.text))}</code> {_short_prob(c.prob)}</span>'
+            for c in t.target_top[:3]
+        ) or "—"
+        rows.append(
+            f'<tr class="row-{esc(t.verdict)}"><td class="num">{t.position}</td>'
+            f'<td><code>{esc(visible_text(t.text))}</code></td>'
+            f'<td class="num">{fmt_prob(t.draft_prob)}</td><td class="num">{fmt_prob(t.target_prob)}</td>'
+            f'<td class="num">{fmt_prob(t.accept_prob)}</td><td class="num">{fmt_prob(t.uniform)}</td>'
+            f"<td>{_verdict_badge(t.verdict)}</td><td class=\"top\">{top}</td></tr>"
         )
-        out.append(
-            '<div class="insp-section"><div class="insp-title">Proposal</div>'
-            '<div class="insp-table-wrap"><table class="insp-table"><thead><tr><th>pos</th><th>token</th><th title="drafter probability">q (drafter)</th>'
-            '<th title="target probability">p (target)</th><th>min(1, p/q)</th><th title="uniform draw">u</th><th>verdict</th>'
-            '<th>target\'s top 3</th></tr></thead><tbody>' + "".join(rows) + "</tbody></table></div>"
-            f'<div class="muted small">{esc(note)}</div></div>'
-        )
-    else:
-        out.append('<div class="insp-section"><div class="insp-title">Proposal</div><div class="muted">Nothing drafted this step: the target produces one token on its own.</div></div>')
-    # output token
+    note = (
+        "Greedy decoding: a draft token is kept iff it is the target's most likely token (min(1,p/q) shows 1 or 0; no uniform draw)."
+        if greedy
+        else "A draft token is kept when the uniform draw u ≤ min(1, p/q); the first refusal ends the check."
+    )
+    return (
+        '<div class="insp-section"><div class="insp-title">Proposal</div>'
+        '<div class="insp-table-wrap"><table class="insp-table"><thead><tr><th>pos</th><th>token</th><th title="drafter probability">q (drafter)</th>'
+        '<th title="target probability">p (target)</th><th>min(1, p/q)</th><th title="uniform draw">u</th><th>verdict</th>'
+        '<th>target\'s top 3</th></tr></thead><tbody>' + "".join(rows) + "</tbody></table></div>"
+        f'<div class="muted small">{esc(note)}</div></div>'
+    )
+
+
+def _target_token_html(step: StepEvent) -> str:
+    """The target's own token of the step (recovered, bonus or baseline) and the distribution it came from."""
     o = step.output
-    emitted = o.kind in kinds
+    emitted = o.kind in [n.kind for n in step.new_tokens]
     checked = [t for t in step.draft if t.verdict != "unchecked"]
     greedy_step = bool(checked) and all(t.uniform is None for t in checked)
     source = {
@@ -354,7 +367,7 @@ def step_inspector_html(events: Sequence[StepEvent], index: int | None = None) -
         "bonus": "the target's distribution after the fully accepted draft",
         "baseline": "the target's distribution",
     }.get(o.kind, "")
-    out.append(
+    return (
         '<div class="insp-section"><div class="insp-title">Target token</div>'
         f'<div>{_verdict_badge(o.kind)} <code>{esc(visible_text(o.text))}</code> with probability <b>{fmt_prob(o.prob)}</b>'
         f' <span class="muted">drawn from {esc(source)}</span>'
@@ -363,14 +376,16 @@ def step_inspector_html(events: Sequence[StepEvent], index: int | None = None) -
         + _cand_bars(o.residual_top, o.token_id)
         + "</div>"
     )
-    # timings
+
+
+def _timings_html(step: StepEvent) -> str:
     t = step.timings
     total = max(t.draft_s + t.verify_s + t.overhead_s, 1e-9)
     seg = "".join(
         f'<span class="seg seg-{name}" style="width:{100 * v / total:.1f}%" title="{name} {fmt_ms(v)}"></span>'
         for name, v in (("draft", t.draft_s), ("verify", t.verify_s), ("overhead", t.overhead_s))
     )
-    out.append(
+    return (
         '<div class="insp-section"><div class="insp-title">Timings</div>'
         f'<div class="timing-bar">{seg}</div>'
         f'<div class="small"><span class="key key-draft"></span>draft {fmt_ms(t.draft_s)} · '
@@ -380,8 +395,6 @@ def step_inspector_html(events: Sequence[StepEvent], index: int | None = None) -
         + (" (includes the prompt prefill)" if step.target_forwards > 1 else "")
         + "</div></div>"
     )
-    out.append("</div>")
-    return "".join(out)
 
 
 # -- metrics strip ---------------------------------------------------------------------------------

@@ -1,0 +1,180 @@
+"""The Playground tab: one live run, streamed step by step into a RunView, stoppable.
+
+`build_playground_tab(runner, store, examples)` adds the components and events inside an open
+`gr.Blocks` (in a `gr.Tab`). Its Run button is the API endpoint `/run`, with the parameters
+prompt, strategy, each strategy field (k, drafter, ...), temperature, top_k, top_p, seed,
+max_new_tokens, target, raw, document.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from engine import EMBEDDED_DEFAULT
+from specviz.compare import prepare_in_thread
+from specviz.prompts import SuitePrompt
+from specviz.runner import PreparedRun, RunRequest, Runner, RunUpdate
+from specviz.store import RunStore
+
+from . import render
+from .controls import (
+    ENGINE_CONCURRENCY,
+    QUIET,
+    SamplingControls,
+    StrategyControls,
+    build_document_controls,
+    build_example_picker,
+    build_max_new_tokens,
+    build_sampling_controls,
+    build_strategy_controls,
+    error_status,
+    wire_document_upload,
+    wire_example_picker,
+)
+from .inputs import INPUT_ERRORS, named_handler, read_run_inputs
+from .panels import PLOT_EVERY_STEPS, RunView, build_inspector_panel, build_plot_panel, build_stream_panel, run_state, wait_until_closed
+
+PLOT_MIN_INTERVAL_S = 0.75  # and at most this often while streaming
+
+
+class PlotThrottle:
+    """When to redraw the plots while streaming: the first and last step, then every few steps and seconds."""
+
+    def __init__(self) -> None:
+        self.steps, self.time = 0, 0.0
+
+    def due(self, n_steps: int, done: bool) -> bool:
+        now = time.perf_counter()
+        if done or n_steps == 1 or (n_steps - self.steps >= PLOT_EVERY_STEPS and now - self.time >= PLOT_MIN_INTERVAL_S):
+            self.steps, self.time = n_steps, now
+            return True
+        return False
+
+
+@dataclass
+class PlaygroundTab:
+    runner: Runner
+    store: RunStore
+    prompt: gr.Textbox
+    strategy: StrategyControls
+    sampling: SamplingControls
+    max_new: gr.Slider
+    target: gr.Textbox
+    raw: gr.Checkbox
+    document: gr.Textbox
+    run_button: gr.Button
+    stop_button: gr.Button
+    status: gr.HTML
+    view: RunView
+
+    def named_inputs(self) -> dict[str, Any]:
+        """The Run button's inputs under their API names, in the API's order."""
+        return {"prompt": self.prompt, **self.strategy.named_inputs(), **self.sampling.named_inputs(),
+                "max_new_tokens": self.max_new, "target": self.target, "raw": self.raw, "document": self.document}
+
+    def run_playground(self, values: dict[str, Any]) -> Iterator[dict]:
+        """The `/run` handler: validate, load (showing progress), then stream the run into the view."""
+        try:
+            inputs = read_run_inputs(values, [self.strategy.keys])
+        except INPUT_ERRORS as exc:
+            yield {self.status: error_status(exc)}
+            return
+        (strategy,) = inputs.strategies
+        request = RunRequest(prompt=inputs.prompt, strategy=strategy, sampling=inputs.sampling,
+                             max_new_tokens=inputs.max_new_tokens, target=inputs.target, raw=bool(values["raw"]),
+                             source="ui", document=inputs.document)
+        label = strategy.label()
+        yield {
+            self.status: render.status_html("Loading model… (the first load takes ~30 s; later runs reuse it)", "running"),
+            **self.view.render(run_state([], inputs.prompt, label, None, True), running=True),
+        }
+        try:
+            prepared = yield from prepare_in_thread(
+                self.runner, request, lambda m: {self.status: render.status_html(f"Loading model… {m}", "running")})
+        except Exception as exc:
+            yield {self.status: error_status(exc), **self.view.render(None, plot=True)}
+            return
+        yield {self.status: render.status_html(f"Running {label}…", "running")}
+        yield from self._stream(prepared, label)
+
+    def _stream(self, prepared: PreparedRun, label: str) -> Iterator[dict]:
+        prompt = prepared.request.prompt
+        updates = self.runner.stream(prepared)
+        throttle = PlotThrottle()
+        update: RunUpdate | None = None
+        try:
+            for update in updates:
+                state = run_state(update.events, prompt, label, update.run_id, not update.done)
+                out = self.view.render(state, running=not update.done, plot=throttle.due(len(update.events), update.done))
+                if update.done:
+                    m = update.metrics
+                    out[self.status] = render.status_html(
+                        f"Finished run #{update.run_id}: {m.new_tokens} tokens in {m.steps} steps "
+                        f"({update.event.stop_reason}).", "ok")
+                yield out
+        except Exception as exc:  # SpecVizError: the person's message; anything else: logged, summarised
+            events = update.events if update else []
+            yield {self.status: error_status(exc), **self.view.render(run_state(events, prompt, label, None, False))}
+        finally:
+            updates.close()  # a Stop (generator closed) marks the run "stopped" in the log
+
+    def after_stop(self, state: dict | None) -> dict:
+        if not state or not state.get("running"):  # nothing streamed yet (or already finished)
+            return {self.status: render.status_html("Stopped.", "info")}
+        # Cancelling races with the run's next update: wait until the run is closed in the log, after which
+        # no late update can overwrite this one, then show every logged step.
+        run_id = state.get("run_id")
+        if run_id is not None and wait_until_closed(self.store, [run_id]):
+            state = {**state, "events": self.store.load_events(run_id)}
+        state = {**state, "running": False}
+        return {self.status: render.status_html("Stopped. The partial run is logged with status \"stopped\".", "info"),
+                **self.view.render(state)}
+
+    def wire(self) -> None:
+        inputs = self.named_inputs()
+        outputs = [self.status] + self.view.outputs()
+        run_event = self.run_button.click(
+            named_handler(self.run_playground, list(inputs)), list(inputs.values()), outputs, api_name="run",
+            concurrency_id=ENGINE_CONCURRENCY, concurrency_limit=2, show_progress="hidden",
+        )
+        # Cancel first, then render: the page runs a click's listeners one after another, and after_stop waits for
+        # the cancelled run to be closed in the log.
+        self.stop_button.click(None, None, None, cancels=[run_event], api_visibility="undocumented").then(
+            self.after_stop, [self.view.state], outputs, **QUIET)
+
+
+def build_playground_tab(runner: Runner, store: RunStore, examples: list[SuitePrompt]) -> PlaygroundTab:
+    """The tab's components and events, added to the open gr.Blocks (call it inside a gr.Tab)."""
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=4, min_width=320, elem_classes=["controls"]):
+            prompt = gr.Textbox(label="Prompt", lines=4, max_lines=12, elem_id="prompt",
+                                placeholder="Ask the model something, or pick an example below")
+            example = build_example_picker(examples, elem_id="example")
+            strategy = build_strategy_controls("", "Strategy", "prompt_lookup")
+            with gr.Accordion("Sampling", open=True):
+                sampling = build_sampling_controls("")
+            max_new = build_max_new_tokens("max-new-tokens")
+            with gr.Accordion("Advanced", open=False):
+                target = gr.Textbox(EMBEDDED_DEFAULT, label="target model", elem_id="target",
+                                    info="the embedded default, a local folder, or a Hugging Face id")
+                raw = gr.Checkbox(False, label="raw prompt (no chat template)")
+            document, document_file = build_document_controls("")
+            with gr.Row():
+                run_button = gr.Button("Run", variant="primary", elem_id="run")
+                stop_button = gr.Button("Stop", variant="stop", elem_id="stop")
+            status = gr.HTML(render.status_html("Ready. Type a prompt and press Run."), elem_id="status", js_on_load=None)
+        with gr.Column(scale=7, min_width=420):
+            stream_panel = build_stream_panel("")
+            inspector_panel = build_inspector_panel("")
+    view = RunView.assemble(stream_panel, inspector_panel, build_plot_panel(""))
+    wire_example_picker(example, examples, prompt, max_new)
+    wire_document_upload(document_file, document, status)
+    tab = PlaygroundTab(runner, store, prompt, strategy, sampling, max_new, target, raw, document, run_button,
+                        stop_button, status, view)
+    tab.wire()
+    return tab
