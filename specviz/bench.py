@@ -15,6 +15,7 @@ retrieval drafting (rasd, rasd_tree) drafts from and the other strategies ignore
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -59,6 +60,7 @@ class Row:
     baseline_steps: int = 0  # steps (= target forward passes after the prefill) of the ar run
     oracle_gap: float = float("nan")  # 1 - tokens/s / the hindsight oracle's (engine.oracle), same cost model
     target_wait_s: float = float("nan")  # the target's idle time between phases (engine.metrics.worker_time)
+    generate_wall_s: float = float("nan")  # transformers generate() on the unmodified model, same prompt and length
 
 
 def _ratio(a: float, b: float) -> float:
@@ -91,6 +93,7 @@ def summarise(rows: list[Row]) -> list[dict]:
         out.append({
             "strategy": strategy, "category": category, "prompts": len(rs),
             "speedup": _ratio(sum(r.baseline_wall_s for r in rs), wall),
+            "vs_generate": _ratio(sum(r.generate_wall_s for r in rs), wall),
             "mean_acceptance_length": 1 + accepted / steps if steps else float("nan"),
             "acceptance_rate": accepted / drafted if drafted else float("nan"),
             "tokens_per_s": _ratio(sum(r.new_tokens for r in rs), wall),
@@ -105,13 +108,13 @@ def summarise(rows: list[Row]) -> list[dict]:
 
 
 def markdown(summary: list[dict]) -> str:
-    lines = ["| strategy | category | prompts | speedup | mean acc. length | acc. rate | cost ratio | oracle gap "
-             "| target waiting | tok/s | identical |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| strategy | category | prompts | speedup vs ar | vs generate() | mean acc. length | acc. rate | cost ratio "
+             "| oracle gap | target waiting | tok/s | identical |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in sorted(summary, key=lambda s: (s["strategy"], s["category"] == "ALL", s["category"])):
         ident = "n/a" if s["identical"] is None else ("yes" if s["identical"] else "NO")
         lines.append(
-            f"| {s['strategy']} | {s['category']} | {s['prompts']} | {s['speedup']:.2f}x | "
+            f"| {s['strategy']} | {s['category']} | {s['prompts']} | {s['speedup']:.2f}x | {s['vs_generate']:.2f}x | "
             f"{s['mean_acceptance_length']:.2f} | {s['acceptance_rate']:.2f} | {s['cost_ratio']:.2f} | "
             f"{_percent(s['oracle_gap'])} | {_percent(s['target_waiting'])} | "
             f"{s['tokens_per_s']:.1f} | {ident} |"
@@ -164,6 +167,7 @@ def _oracle_gap(events) -> float:
 
 def run_suite(args: argparse.Namespace, models: ModelCache) -> list[Row]:
     target = models.get(args.target, progress=lambda m: print(m, file=sys.stderr))
+    reference = unmodified_model(target.model)
     sampling = SamplingConfig(temperature=args.temperature, seed=args.seed)
     suite = by_category(load_prompt_suite())
     categories = args.categories.split(",") if args.categories else list(suite)
@@ -179,7 +183,9 @@ def run_suite(args: argparse.Namespace, models: ModelCache) -> list[Row]:
             # Rounds of [ar, every strategy] in turn: each keeps its fastest round, so a slow spell on a shared
             # machine hits every strategy alike instead of one baseline that all speedups divide by.
             best: dict[int, RunResult] = {}
+            generate_s = math.inf
             for _round in range(args.repeats):
+                generate_s = min(generate_s, time_generate(reference, ids, n, sampling))
                 for i, strategy in enumerate([parse_strategy("ar"), *strategies]):
                     if i and strategy.name == "ar":
                         continue  # the baseline's own row is the baseline
@@ -195,11 +201,76 @@ def run_suite(args: argparse.Namespace, models: ModelCache) -> list[Row]:
                     baseline.metrics.wall_s, result.token_ids == baseline.token_ids if sampling.greedy else None,
                     m.per_position_acceptance, sum(e.timings.draft_s for e in result.events), baseline.metrics.steps,
                     _oracle_gap(result.events), worker_time(result.events).get("target", {}).get("waiting_s", float("nan")),
+                    generate_s,
                 ))
                 print(f"{prompt.id:<18} {_row_name(strategy):<24} {m.new_tokens:>4} tok {m.wall_s:6.2f} s "
                       f"speedup {_ratio(baseline.metrics.wall_s, m.wall_s):.2f}x "
+                      f"vs generate() {_ratio(generate_s, m.wall_s):.2f}x "
                       f"MAL {m.mean_acceptance_length:.2f}", file=sys.stderr)
     return rows
+
+
+def unmodified_model(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of `model` as transformers builds it: every calibrated linear back to a plain `nn.Linear`
+    (sharing nothing with the engine's model), for `generate()` as a user would run it."""
+    import copy
+
+    twin = copy.deepcopy(model)
+    swaps = [(parent, name, child) for parent in twin.modules() for name, child in parent.named_children()
+             if type(child).__name__ == "PackedLinear"]
+    for parent, name, child in swaps:
+        linear = torch.nn.Linear(child.in_features, child.out_features, bias=child.bias is not None)
+        linear.weight, linear.bias = child.weight, child.bias
+        setattr(parent, name, linear)
+    return twin.eval()
+
+
+def time_generate(model: torch.nn.Module, ids: list[int], max_new_tokens: int, sampling: SamplingConfig) -> float:
+    """Wall time of transformers `generate()` for the same prompt and length (greedy, or sampling with the same
+    temperature / top-k / top-p)."""
+    kwargs = {"do_sample": False} if sampling.greedy else {
+        "do_sample": True, "temperature": sampling.temperature, "top_k": sampling.top_k or None,
+        "top_p": sampling.top_p}
+    x = torch.tensor([ids])
+    with torch.inference_mode():
+        start = time.perf_counter()
+        model.generate(x, max_new_tokens=max_new_tokens, min_new_tokens=0, **kwargs)
+        return time.perf_counter() - start
+
+
+def kernel_table(args: argparse.Namespace, models: ModelCache, cached: int = 200, repeats: int = 15) -> list[dict]:
+    """Median ms of one target forward over M new tokens after `cached` cached ones, with every linear on
+    F.linear, on the packed kernel, and on the calibration's choice (what runs), interleaved."""
+    import statistics
+
+    from engine.causal_lm import CachedCausalLM
+    from engine.packed_linear import pinned_kernel
+
+    target = models.get(args.target)
+    context = list(range(100, 100 + cached))
+    out = []
+    for m in (1, 2, 4, 8, 16):
+        times: dict[str, list[float]] = {"plain": [], "packed": [], "calibrated": []}
+        for _ in range(repeats):
+            for kernel in times:
+                lm = CachedCausalLM(target.model)
+                lm.forward(context)
+                with pinned_kernel(kernel) if kernel != "calibrated" else contextlib.nullcontext():
+                    start = time.perf_counter()
+                    lm.forward(list(range(500, 500 + m)), keep_logits=m)
+                    times[kernel].append(1000 * (time.perf_counter() - start))
+        row = {"new_tokens": m, **{k: statistics.median(v) for k, v in times.items()}}
+        out.append(row)
+        print(json.dumps(row), file=sys.stderr)
+    return out
+
+
+def kernel_markdown(rows: list[dict]) -> str:
+    lines = ["| kernel | " + " | ".join(str(r["new_tokens"]) for r in rows) + " |",
+             "|---|" + "---|" * len(rows)]
+    for kernel in ("plain", "packed", "calibrated"):
+        lines.append(f"| {kernel} | " + " | ".join(f"{r[kernel]:.1f}" for r in rows) + " |")
+    return "\n".join(lines)
 
 
 def _timed(fn):
@@ -211,6 +282,7 @@ def _timed(fn):
 def reference_comparison(args: argparse.Namespace, models: ModelCache) -> list[dict]:
     """Our baseline vs `generate()`, our draft_model vs assisted generation, same drafter and K."""
     target = models.get(args.target)
+    reference = unmodified_model(target.model)
     strategy = parse_strategy("draft_model", {"k": str(args.reference_k)})
     drafter = models.drafter(target, strategy.drafter)
     suite = by_category(load_prompt_suite())
@@ -222,9 +294,9 @@ def reference_comparison(args: argparse.Namespace, models: ModelCache) -> list[d
         n = args.max_new_tokens or prompt.max_new_tokens
         x = torch.tensor([ids])
         with torch.inference_mode():
-            hf_ids, hf_s = _timed(lambda: target.model.generate(x, max_new_tokens=n, do_sample=False)[0, len(ids):].tolist())
+            hf_ids, hf_s = _timed(lambda: reference.generate(x, max_new_tokens=n, do_sample=False)[0, len(ids):].tolist())
             ours = run_to_completion(build_decoder(parse_strategy("ar"), target, models, greedy), ids, n)
-            hf_assist_ids, hf_assist_s = _timed(lambda: target.model.generate(
+            hf_assist_ids, hf_assist_s = _timed(lambda: reference.generate(
                 x, max_new_tokens=n, do_sample=False, assistant_model=drafter.model,
                 num_assistant_tokens=args.reference_k, num_assistant_tokens_schedule="constant",
                 assistant_confidence_threshold=0.0,
@@ -337,6 +409,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="also time a bare engine run against the same run logged to SQLite")
     parser.add_argument("--ui-latency", action="store_true",
                         help="also measure the explorer's time to the first streamed step (model loaded)")
+    parser.add_argument("--kernels", action="store_true",
+                        help="only time one target forward over 1-16 new tokens on each linear kernel and on the "
+                             "calibration's choice")
     parser.add_argument("--out", help="write rows and summaries to this JSON file")
     args = parser.parse_args(argv)
     if args.repeats < 1:
@@ -344,6 +419,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     models = ModelCache()
+    if args.kernels:
+        print("median ms of one forward over M new tokens after 200 cached\n")
+        print(kernel_markdown(kernel_table(args, models)))
+        return 0
     rows = run_suite(args, models)
     summary = summarise(rows)
     print(markdown(summary))
