@@ -1,13 +1,14 @@
 """SpecViz's speculative-decoding engine. Knows nothing of Gradio, plotly or SQLite."""
 
-from .api import RunResult, build_decoder, check_max_new_tokens, encode_prompt, run_to_completion
-from .decoding import SpeculativeDecoder
-from .errors import ConfigError, EngineError, ModelLoadError, PromptError, SpecVizError
-from .events import DraftedToken, LengthDecision, NewToken, OutputToken, PhaseTimings, StepEvent, TokenCandidate
-from .metrics import RunMetrics
-from .models import EMBEDDED_DEFAULT, LoadedModel, ModelCache, early_exit_drafter, load_model
-from .sampling import SamplingConfig, logits_to_probs
-from .strategies import STRATEGIES, StrategyConfig, describe_strategies, parse_strategy
+from engine.api import RunResult, build_decoder, check_max_new_tokens, encode_prompt, run_to_completion
+from engine.decoding.chain import SpeculativeDecoder
+from engine.errors import ConfigError, EngineError, ModelLoadError, PromptError, SpecVizError
+from engine.events import DraftedToken, LengthDecision, NewToken, OutputToken, PhaseTimings, StepEvent, TokenCandidate
+from engine.metrics import RunMetrics
+from engine.loading.models import EMBEDDED_DEFAULT, LoadedModel, early_exit_drafter, load_model
+from engine.loading.model_cache import ModelCache
+from engine.sampling import SamplingConfig, logits_to_probs
+from engine.strategies import STRATEGIES, StrategyConfig, describe_strategies, parse_strategy
 
 __all__ = [
     "ConfigError", "DraftedToken", "EMBEDDED_DEFAULT", "EngineError", "LengthDecision", "LoadedModel",

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .builders import build_decoder
-from .decoding import Decoder
-from .errors import ConfigError, PromptError
-from .events import StepEvent
-from .metrics import RunMetrics
+from engine.builders import build_decoder
+from engine.decoding.driver import Decoder
+from engine.errors import ConfigError, PromptError
+from engine.events import StepEvent
+from engine.metrics import RunMetrics
 
 __all__ = ["RunResult", "build_decoder", "check_max_new_tokens", "encode_prompt", "run_to_completion"]
 

@@ -14,12 +14,14 @@ from typing import TypeVar
 
 import torch
 
-from .decoding import Decoder, SpeculativeDecoder
-from .diffusion_drafter import load_diffusion_drafter
-from .errors import ConfigError
-from .models import LoadedModel, ModelCache, ProgressFn
-from .pearl import PearlDecoder
-from .policies import (
+from engine.decoding.driver import Decoder
+from engine.decoding.chain import SpeculativeDecoder
+from engine.drafting.diffusion_drafter import load_diffusion_drafter
+from engine.errors import ConfigError
+from engine.loading.models import LoadedModel, ProgressFn
+from engine.loading.model_cache import ModelCache
+from engine.decoding.pearl import PearlDecoder
+from engine.drafting.policies import (
     AcceptanceFeedbackLength,
     AcceptancePredictorStop,
     ConfidenceStop,
@@ -29,17 +31,25 @@ from .policies import (
     HeuristicLength,
     TrainedPredictor,
 )
-from .proposers.adaptive_ngram import AdaptiveNgramProposer
-from .proposers.cross_vocab import CrossVocabProposer
-from .proposers.diffusion import DiffusionProposer
-from .proposers.draft_model import DraftModelProposer
-from .proposers.dynamic_exit import DynamicExitProposer
-from .proposers.lookup_trees import FusedRetrievalTreeProposer, LookupTreeProposer
-from .proposers.model_trees import DynamicShape, ModelTreeProposer, RsdShape, SpecTrShape, StaticShape, TreeShape, parse_branching
-from .proposers.ngram import PromptLookupProposer
-from .proposers.retrieval import RetrievalProposer
-from .sampling import SamplingConfig
-from .strategies import (
+from engine.drafting.proposers.adaptive_ngram import AdaptiveNgramProposer
+from engine.drafting.proposers.cross_vocab import CrossVocabProposer
+from engine.drafting.proposers.diffusion import DiffusionProposer
+from engine.drafting.proposers.draft_model import DraftModelProposer
+from engine.drafting.proposers.dynamic_exit import DynamicExitProposer
+from engine.drafting.proposers.lookup_trees import FusedRetrievalTreeProposer, LookupTreeProposer
+from engine.drafting.proposers.model_trees import (
+    DynamicShape,
+    ModelTreeProposer,
+    RsdShape,
+    SpecTrShape,
+    StaticShape,
+    TreeShape,
+    parse_branching,
+)
+from engine.drafting.proposers.ngram import PromptLookupProposer
+from engine.drafting.proposers.retrieval import RetrievalProposer
+from engine.sampling import SamplingConfig
+from engine.strategies import (
     KANGAROO_PREFIX,
     AdaptiveNgramConfig,
     AutoregressiveConfig,
@@ -62,9 +72,9 @@ from .strategies import (
     StaticTreeConfig,
     StrategyConfig,
 )
-from .token_lattice import DrafterCausalScorer, NgramCausalScorer
-from .trained_drafters import kangaroo_agreement, load_acceptance_predictor
-from .tree_decoding import TreeDecoder
+from engine.drafting.token_lattice import DrafterCausalScorer, NgramCausalScorer
+from engine.loading.trained_drafters import kangaroo_agreement, load_acceptance_predictor
+from engine.decoding.tree import TreeDecoder
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
-from .events import StepEvent
+from engine.events import StepEvent
 
 
 @dataclass(frozen=True)

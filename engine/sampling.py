@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import ConfigError, EngineError
+from engine.errors import ConfigError, EngineError
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
-from .errors import ConfigError
+from engine.errors import ConfigError
 
 LENGTH_POLICIES = ("constant", "heuristic", "feedback", "confidence", "specdec")
-# Policies that stop drafting from inside the draft: they need a model drafter that shows them its distributions.
-IN_DRAFT_POLICIES = ("confidence", "specdec")
 DIFFUSION_LENGTH_POLICIES = ("adl", "constant")
 DIFFUSION_SEARCHES = ("cps", "top1")
 CAUSAL_SCORERS = ("ngram", "drafter")

@@ -37,7 +37,7 @@ from engine import (
 from engine.api import RunResult
 from engine.errors import ConfigError
 from engine.metrics import worker_time
-from engine.oracle import oracle_report
+from engine.analysis.oracle import oracle_report
 from engine.strategies import STRATEGIES
 
 from .prompts import by_category, load_prompt_suite
@@ -58,7 +58,7 @@ class Row:
     per_position: list[float] = field(default_factory=list)
     draft_s: float = 0.0  # time spent drafting
     baseline_steps: int = 0  # steps (= target forward passes after the prefill) of the ar run
-    oracle_gap: float = float("nan")  # 1 - tokens/s / the hindsight oracle's (engine.oracle), same cost model
+    oracle_gap: float = float("nan")  # 1 - tokens/s / the hindsight oracle's (engine.analysis.oracle), same cost model
     target_wait_s: float = float("nan")  # the target's idle time between phases (engine.metrics.worker_time)
     generate_wall_s: float = float("nan")  # transformers generate() on the unmodified model, same prompt and length
 
@@ -243,8 +243,8 @@ def kernel_table(args: argparse.Namespace, models: ModelCache, cached: int = 200
     F.linear, on the packed kernel, and on the calibration's choice (what runs), interleaved."""
     import statistics
 
-    from engine.causal_lm import CachedCausalLM
-    from engine.packed_linear import pinned_kernel
+    from engine.loading.causal_lm import CachedCausalLM
+    from engine.loading.linear_kernels import pinned_kernel
 
     target = models.get(args.target)
     context = list(range(100, 100 + cached))

@@ -21,7 +21,7 @@ from plotly.subplots import make_subplots
 
 from engine.events import LatticeColumn, StepEvent
 from engine.metrics import RunMetrics, worker_time
-from engine.oracle import oracle_report
+from engine.analysis.oracle import oracle_report
 
 BLUE = "#0072B2"
 VERMILLION = "#D55E00"
@@ -77,22 +77,7 @@ def acceptance_figure(
     steps = [e.index for e in events]
     lengths = [len(e.new_tokens) for e in events]
     accepted = [sum(1 for t in e.new_tokens if t.kind == "accepted") for e in events]
-    hover = [
-        f"step {e.index}<br>drafted {e.num_drafted}, accepted {a}<br>+ {e.output.kind}" + _tree_shape_hover(e)
-        for e, a in zip(events, accepted)
-    ]
-    fig.add_trace(
-        go.Bar(x=steps, y=accepted, name=TRACE_NAMES[0], marker_color=BLUE, hovertext=hover, hoverinfo="text"),
-        row=1, col=1,
-    )
-    for kind, name, colour in (("bonus", TRACE_NAMES[1], GREEN), ("recovered", TRACE_NAMES[2], VERMILLION),
-                               ("baseline", TRACE_NAMES[3], GREY)):
-        ys = [sum(1 for t in e.new_tokens if t.kind == kind) for e in events]
-        fig.add_trace(
-            go.Bar(x=steps, y=ys, name=name, marker_color=colour, hovertext=hover, hoverinfo="text",
-                   marker_pattern_shape="/" if kind == "recovered" else ("." if kind == "baseline" else "")),
-            row=1, col=1,
-        )
+    _add_step_bars(fig, events, steps, accepted)
     fig.add_trace(
         go.Scatter(x=steps, y=rolling_mean(lengths), name=TRACE_NAMES[4], mode="lines",
                    line=dict(color=BLACK, width=2.5, dash="solid"), hovertemplate="step %{x}<br>rolling mean %{y:.2f}<extra></extra>"),
@@ -130,13 +115,7 @@ def acceptance_figure(
         title=dict(text=title, x=0, y=0.99, yanchor="top", font=dict(size=13)) if title else None,
         hovermode="closest",
     )
-    fig.update_xaxes(title_text="step", row=1, col=1, rangemode="tozero", tick0=0,
-                     dtick=max(1, math.ceil(len(steps) / 12)))
-    fig.update_yaxes(title_text="tokens per step", row=1, col=1, rangemode="tozero", dtick=1 if max(lengths, default=1) <= 8 else None)
-    fig.update_xaxes(title_text="draft position", row=2, col=1, dtick=1)
-    fig.update_yaxes(title_text="accepted share", row=2, col=1, range=[0, 1.05], tickformat=".0%")
-    fig.update_xaxes(title_text="tokens per step", row=2, col=2, dtick=1)
-    fig.update_yaxes(title_text="steps", row=2, col=2, rangemode="tozero")
+    _acceptance_axes(fig, len(steps), max(lengths, default=1))
     if not events:
         fig.add_annotation(text=empty_message, xref="paper", yref="paper",
                            x=0.5, y=0.8, showarrow=False, font=dict(size=14, color=GREY))
@@ -144,6 +123,35 @@ def acceptance_figure(
         fig.add_annotation(text="nothing drafted (autoregressive)", xref="x2 domain", yref="y2 domain",
                            x=0.5, y=0.5, showarrow=False, font=dict(color=GREY))
     return fig
+
+
+def _add_step_bars(fig: go.Figure, events: Sequence[StepEvent], steps: list[int], accepted: list[int]) -> None:
+    """Row 1: each step's tokens stacked by how they were born (accepted drafts, then bonus / recovered / baseline)."""
+    hover = [
+        f"step {e.index}<br>drafted {e.num_drafted}, accepted {a}<br>+ {e.output.kind}" + _tree_shape_hover(e)
+        for e, a in zip(events, accepted)
+    ]
+    fig.add_trace(
+        go.Bar(x=steps, y=accepted, name=TRACE_NAMES[0], marker_color=BLUE, hovertext=hover, hoverinfo="text"),
+        row=1, col=1,
+    )
+    for kind, name, colour in (("bonus", TRACE_NAMES[1], GREEN), ("recovered", TRACE_NAMES[2], VERMILLION),
+                               ("baseline", TRACE_NAMES[3], GREY)):
+        ys = [sum(1 for t in e.new_tokens if t.kind == kind) for e in events]
+        fig.add_trace(
+            go.Bar(x=steps, y=ys, name=name, marker_color=colour, hovertext=hover, hoverinfo="text",
+                   marker_pattern_shape="/" if kind == "recovered" else ("." if kind == "baseline" else "")),
+            row=1, col=1,
+        )
+
+
+def _acceptance_axes(fig: go.Figure, n_steps: int, longest: int) -> None:
+    fig.update_xaxes(title_text="step", row=1, col=1, rangemode="tozero", tick0=0, dtick=max(1, math.ceil(n_steps / 12)))
+    fig.update_yaxes(title_text="tokens per step", row=1, col=1, rangemode="tozero", dtick=1 if longest <= 8 else None)
+    fig.update_xaxes(title_text="draft position", row=2, col=1, dtick=1)
+    fig.update_yaxes(title_text="accepted share", row=2, col=1, range=[0, 1.05], tickformat=".0%")
+    fig.update_xaxes(title_text="tokens per step", row=2, col=2, dtick=1)
+    fig.update_yaxes(title_text="steps", row=2, col=2, rangemode="tozero")
 
 
 TREE_SHAPE_TRACE_NAMES = ("tree depth", "tree size (right axis)")
@@ -558,6 +566,28 @@ def _lattice_cut_note(event: StepEvent, cut: Sequence[int], proposed: int) -> tu
     return html.escape(line, quote=False), hover
 
 
+def _add_lattice_path(fig: go.Figure, path: list) -> None:
+    """The path: a line through the chosen cells, a marker per verdict (legend entries as in the draft tree), and
+    the chosen cells outlined in their verdict's colour."""
+    xs = [p.column.position for p in path]
+    ys = [p.row - LATTICE_MARKER_LIFT for p in path]
+    fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line=dict(color=BLACK, width=2), hoverinfo="skip",
+                             showlegend=False, name="path"))
+    for verdict in ("accepted", "rejected", "unchecked"):
+        group = [(x, y, p) for x, y, p in zip(xs, ys, path) if p.verdict == verdict]
+        if not group:
+            continue
+        style = TREE_STYLE[verdict]
+        fig.add_trace(go.Scatter(
+            x=[x for x, _, _ in group], y=[y for _, y, _ in group], name=style.name, mode="markers",
+            marker=dict(symbol=style.symbol, size=12, color=style.colour, line=dict(color=style.colour, width=2)),
+            hovertext=[_lattice_path_hover(p) for _, _, p in group], hoverinfo="text",
+        ))
+    for x, p in zip(xs, path):
+        fig.add_shape(type="rect", x0=x - 0.47, x1=x + 0.47, y0=p.row - 0.47, y1=p.row + 0.47,
+                      line=dict(color=TREE_STYLE[p.verdict].colour, width=2.5), layer="above")
+
+
 def lattice_figure(event: StepEvent) -> go.Figure | None:
     """The token lattice of a diffusion step: a heatmap of the drafter's candidates (positions across, rank 0 on
     top, colour = drafter probability, token text in each cell) with the draft path drawn through the chosen cells
@@ -595,25 +625,7 @@ def lattice_figure(event: StepEvent) -> go.Figure | None:
         colorbar=dict(title=dict(text="drafter prob", side="right"), thickness=12, len=0.9, tickformat=".1f"),
     ))
 
-    # the path: a line through the chosen cells, and a marker per verdict (legend entries as in the draft tree)
-    xs = [p.column.position for p in path]
-    ys = [p.row - LATTICE_MARKER_LIFT for p in path]
-    fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line=dict(color=BLACK, width=2), hoverinfo="skip",
-                             showlegend=False, name="path"))
-    for verdict in ("accepted", "rejected", "unchecked"):
-        group = [(x, y, p) for x, y, p in zip(xs, ys, path) if p.verdict == verdict]
-        if not group:
-            continue
-        style = TREE_STYLE[verdict]
-        fig.add_trace(go.Scatter(
-            x=[x for x, _, _ in group], y=[y for _, y, _ in group], name=style.name, mode="markers",
-            marker=dict(symbol=style.symbol, size=12, color=style.colour, line=dict(color=style.colour, width=2)),
-            hovertext=[_lattice_path_hover(p) for _, _, p in group], hoverinfo="text",
-        ))
-    # the chosen cells outlined in their verdict's colour
-    for x, p in zip(xs, path):
-        fig.add_shape(type="rect", x0=x - 0.47, x1=x + 0.47, y0=p.row - 0.47, y1=p.row + 0.47,
-                      line=dict(color=TREE_STYLE[p.verdict].colour, width=2.5), layer="above")
+    _add_lattice_path(fig, path)
 
     accepted = sum(1 for p in path if p.verdict == "accepted")
     title = (f"Step {event.index}: diffusion lattice, {n_pos} positions × {depth} candidates · path accepted "

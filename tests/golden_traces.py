@@ -176,7 +176,7 @@ def record() -> None:
     from engine import EMBEDDED_DEFAULT, ModelCache
 
     try:
-        from engine.packed_linear import pinned_kernel
+        from engine.loading.linear_kernels import pinned_kernel
     except ImportError:  # recording on a checkout from before kernel calibration: every call was packed
         pinned_kernel = lambda kernel: contextlib.nullcontext()  # noqa: E731
 

@@ -16,9 +16,9 @@ import torch
 from conftest import chi_square_critical, chi_square_statistic
 from engine.events import StepFeedback
 from engine import ConfigError, SamplingConfig, SpeculativeDecoder, build_decoder, parse_strategy, run_to_completion
-from engine.policies import ConstantLength
-from engine.proposers import AdaptiveNgramProposer, adaptive_ngram
-from engine.proposers.adaptive_ngram import Continuation, NgramTable, choose, score_candidates
+from engine.drafting.policies import ConstantLength
+from engine.drafting.proposers import AdaptiveNgramProposer, adaptive_ngram
+from engine.drafting.ngram_table import Continuation, NgramTable, choose, score_candidates
 from specviz.ui.render import proposer_info_html
 from test_engine_tiny import (
     ALPHA,

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from engine import describe_strategies
-from engine.models import EMBEDDED_MODELS
+from engine.loading.models import EMBEDDED_MODELS
 from specviz import cli
 from specviz.store import RunStore
 

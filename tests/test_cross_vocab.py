@@ -35,9 +35,15 @@ from engine import (
     parse_strategy,
     run_to_completion,
 )
-from engine.models import EMBEDDED_MODELS
-from engine.policies import ConstantLength, HeuristicLength
-from engine.proposers.cross_vocab import CrossVocabProposer, align, bridge_to_target, common_prefix_length, token_spans
+from engine.loading.models import EMBEDDED_MODELS
+from engine.drafting.policies import ConstantLength, HeuristicLength
+from engine.drafting.proposers.cross_vocab import (
+    CrossVocabProposer,
+    align,
+    bridge_to_target,
+    common_prefix_length,
+    token_spans,
+)
 
 CORPUS = [
     "the cat sat on the mat. the dog sat on the log.",

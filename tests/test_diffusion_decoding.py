@@ -16,13 +16,19 @@ from conftest import TINY_VOCAB, chi_square_critical, chi_square_statistic, load
 from engine.events import StepFeedback
 from engine import SamplingConfig, SpeculativeDecoder, run_to_completion
 from engine.api import build_decoder, encode_prompt
-from engine.diffusion_drafter import load_diffusion_drafter
+from engine.drafting.diffusion_drafter import load_diffusion_drafter
 from engine.errors import ConfigError, ModelLoadError
-from engine.models import ModelCache
-from engine.policies import ConstantLength, DiffusionDraftLength
-from engine.proposers.diffusion import DiffusionProposer
+from engine.loading.model_cache import ModelCache
+from engine.drafting.policies import ConstantLength, DiffusionDraftLength
+from engine.drafting.proposers.diffusion import DiffusionProposer
 from engine.strategies import parse_strategy
-from engine.token_lattice import DrafterCausalScorer, LatticePath, NgramCausalScorer, TokenLattice, causal_path_search
+from engine.drafting.token_lattice import (
+    DrafterCausalScorer,
+    LatticePath,
+    NgramCausalScorer,
+    TokenLattice,
+    causal_path_search,
+)
 from test_engine_tiny import ALPHA, N_RUNS, PROMPTS, SAMPLINGS, exact_first_two, lookup_friendly_prompt
 from test_self_speculation import first_two_counts_of
 

@@ -18,9 +18,9 @@ import torch
 
 from conftest import TINY_VOCAB, FakeTokenizer, make_tiny_llama, make_tiny_loaded
 from engine import ConfigError, LoadedModel, ModelLoadError, encode_prompt
-from engine import diffusion_drafter
-from engine.vocab_trim import masked_logit
-from engine.diffusion_drafter import (
+from engine.drafting import diffusion_drafter
+from engine.loading.vocab_trim import masked_logit
+from engine.drafting.diffusion_drafter import (
     DiffusionConfig,
     HubDiffusionDrafter,
     block_attention_mask,

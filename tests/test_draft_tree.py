@@ -7,8 +7,8 @@ import itertools
 import pytest
 import torch
 
-from engine.causal_lm import CachedCausalLM
-from engine.draft_tree import (
+from engine.loading.causal_lm import CachedCausalLM
+from engine.decoding.draft_tree import (
     DraftTree,
     plan_chosen,
     plan_iid,

@@ -12,16 +12,9 @@ import pytest
 import torch
 
 from conftest import load_prompts
-from engine import (
-    SamplingConfig,
-    build_decoder,
-    describe_strategies,
-    encode_prompt,
-    parse_strategy,
-    run_to_completion,
-)
-from engine.causal_lm import CachedCausalLM
-from engine.models import EMBEDDED_MODELS
+from engine import SamplingConfig, build_decoder, describe_strategies, encode_prompt, parse_strategy, run_to_completion
+from engine.loading.causal_lm import CachedCausalLM
+from engine.loading.models import EMBEDDED_MODELS
 
 pytestmark = pytest.mark.slow
 

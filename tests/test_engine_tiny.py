@@ -36,11 +36,11 @@ from engine import (
     parse_strategy,
     run_to_completion,
 )
-from engine.causal_lm import CachedCausalLM
+from engine.loading.causal_lm import CachedCausalLM
 from engine.events import OUTPUT_KINDS
-from engine.policies import ConstantLength, HeuristicLength
-from engine.proposers import DraftModelProposer, PromptLookupProposer
-from engine.verification import acceptance_probability
+from engine.drafting.policies import ConstantLength, HeuristicLength
+from engine.drafting.proposers import DraftModelProposer, PromptLookupProposer
+from engine.decoding.verification import acceptance_probability
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from engine.packed_linear import packed_kernel_available, pinned_kernel
+from engine.loading.linear_kernels import packed_kernel_available, pinned_kernel
 from golden_traces import (
     REAL_FILE,
     TINY_FILE,

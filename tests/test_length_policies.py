@@ -14,7 +14,7 @@ from engine.events import StepFeedback
 from engine import SamplingConfig, SpeculativeDecoder, early_exit_drafter, run_to_completion
 from engine.api import build_decoder
 from engine.errors import ConfigError
-from engine.policies import (
+from engine.drafting.policies import (
     AcceptanceFeedbackLength,
     AcceptancePredictorStop,
     ConfidenceStop,
@@ -22,7 +22,7 @@ from engine.policies import (
     TrainedPredictor,
     acceptance_features,
 )
-from engine.proposers import DraftModelProposer
+from engine.drafting.proposers import DraftModelProposer
 from engine.strategies import parse_strategy
 from test_engine_tiny import ALPHA, N_RUNS, PROMPTS, SAMPLINGS, exact_first_two, lookup_friendly_prompt
 from test_self_speculation import first_two_counts
@@ -242,7 +242,7 @@ def _step(template, index: int, verdicts: list[str], draft_s: float, verify_s: f
 
 
 def test_oracle_worked_example(tiny_target):
-    from engine.oracle import oracle_report
+    from engine.analysis.oracle import oracle_report
 
     template = next(iter(SpeculativeDecoder(tiny_target).generate(PROMPTS[0], 1)))
     events = [
@@ -266,7 +266,7 @@ def test_oracle_worked_example(tiny_target):
 
 
 def test_oracle_of_a_real_run_never_beats_itself(tiny_target, exit1):
-    from engine.oracle import oracle_report
+    from engine.analysis.oracle import oracle_report
 
     policy = AcceptanceFeedbackLength(3, 6)
     result = run_to_completion(SpeculativeDecoder(tiny_target, DraftModelProposer(exit1), policy, SamplingConfig()),
@@ -281,7 +281,7 @@ def test_oracle_of_a_real_run_never_beats_itself(tiny_target, exit1):
 
 
 def test_fit_logistic_recovers_a_separable_rule():
-    from engine.policies import HAND_SET_PRIOR, fit_logistic
+    from engine.drafting.policies import HAND_SET_PRIOR, fit_logistic
 
     generator = torch.Generator().manual_seed(0)
     top = torch.rand(400, generator=generator, dtype=torch.float64)
@@ -296,12 +296,12 @@ def test_specdec_starts_from_trained_weights_when_given(tmp_path):
     import json
 
     from engine.builders import length_policy
-    from engine.trained_drafters import PREDICTOR_FILE, load_acceptance_predictor
+    from engine.loading.trained_drafters import PREDICTOR_FILE, load_acceptance_predictor
 
     from safetensors.torch import save_file
 
     from engine.errors import ModelLoadError
-    from engine.trained_drafters import PROJECTION_FILE
+    from engine.loading.trained_drafters import PROJECTION_FILE
 
     (tmp_path / PREDICTOR_FILE).write_text(json.dumps({"format": 2, "predictors": {
         "distilled:vocab_trim=8192": {"weights": [-6.0, 9.0, 0.0, 0.0]},
@@ -330,7 +330,7 @@ def test_specdec_starts_from_trained_weights_when_given(tmp_path):
 def test_shipped_predictor_beats_the_hand_set_prior_on_held_out_prompts():
     import json
 
-    from engine.trained_drafters import PREDICTOR_FILE, drafters_dir, load_acceptance_predictor
+    from engine.loading.trained_drafters import PREDICTOR_FILE, drafters_dir, load_acceptance_predictor
 
     entry = json.loads((drafters_dir("smollm2-135m-instruct") / PREDICTOR_FILE).read_text())["predictors"][
         "distilled:vocab_trim=8192"]
@@ -346,7 +346,7 @@ def test_shipped_predictor_beats_the_hand_set_prior_on_held_out_prompts():
 def test_train_predictor_command_on_a_tiny_budget(tmp_path, capsys):
     import json
 
-    from engine.trained_drafters import load_acceptance_predictor
+    from engine.loading.trained_drafters import load_acceptance_predictor
     from specviz import cli
 
     code = cli.main(["train-predictor", "--out", str(tmp_path), "--prompts", "3", "--max-new-tokens", "12", "--k", "4",

@@ -9,7 +9,7 @@ import torch
 
 from conftest import TINY_VOCAB, FakeTokenizer, make_tiny_llama, make_tiny_loaded
 from engine import EMBEDDED_DEFAULT, LoadedModel, ModelCache, ModelLoadError, early_exit_drafter, load_model
-from engine.models import check_same_tokenizer, default_cache_dir, load_embedded_default
+from engine.loading.models import check_same_tokenizer, default_cache_dir, load_embedded_default
 
 
 # --------------------------------------------------------------------------- load_model errors

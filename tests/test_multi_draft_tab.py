@@ -14,7 +14,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402
 
 from engine import ModelCache  # noqa: E402
-from engine.optimal_acceptance import report  # noqa: E402
+from engine.analysis.optimal_acceptance import report  # noqa: E402
 from specviz.store import RunStore  # noqa: E402
 from specviz.ui import build_app, launch_local  # noqa: E402
 from specviz.ui.multi_draft_tab import build_multi_draft_tab, multi_draft_update  # noqa: E402

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from engine.events import StepFeedback
-from engine.proposers import PromptLookupProposer, find_ngram_draft
+from engine.drafting.proposers import PromptLookupProposer, find_ngram_draft
 from engine.sampling import SamplingConfig
 
 CASES = [

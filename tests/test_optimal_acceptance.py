@@ -10,10 +10,10 @@ import pytest
 import torch
 from scipy.optimize import linprog
 
-import engine.optimal_acceptance as oa
-from engine.draft_tree import plan_iid, plan_without_replacement
+import engine.analysis.optimal_acceptance as oa
+from engine.decoding.draft_tree import plan_iid, plan_without_replacement
 from engine.errors import ConfigError
-from engine.optimal_acceptance import (
+from engine.analysis.optimal_acceptance import (
     SCHEMES,
     accept_some,
     achieved_acceptance,

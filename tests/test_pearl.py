@@ -8,7 +8,7 @@ import pytest
 
 from conftest import chi_square_critical, chi_square_statistic
 from engine import SamplingConfig, SpeculativeDecoder, early_exit_drafter, run_to_completion
-from engine.pearl import PearlDecoder
+from engine.decoding.pearl import PearlDecoder
 from test_engine_tiny import (
     ALPHA,
     N_RUNS,

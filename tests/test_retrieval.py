@@ -30,8 +30,8 @@ from engine import (
     parse_strategy,
     run_to_completion,
 )
-from engine.policies import ConstantLength, HeuristicLength
-from engine.proposers.retrieval import Candidate, DocumentIndex, RetrievalProposer, choose_retrieved
+from engine.drafting.policies import ConstantLength, HeuristicLength
+from engine.drafting.proposers.retrieval import Candidate, DocumentIndex, RetrievalProposer, choose_retrieved
 from specviz import cli
 from specviz.runner import MAX_DOCUMENT_BYTES, RunRequest, Runner, read_document_file
 from specviz.store import SCHEMA_VERSION, RunStore

@@ -12,9 +12,9 @@ import pytest
 from conftest import chi_square_critical, chi_square_statistic
 from engine.events import StepFeedback
 from engine import SamplingConfig, SpeculativeDecoder, early_exit_drafter, run_to_completion
-from engine.policies import ConstantLength
-from engine.proposers import DraftModelProposer
-from engine.proposers.dynamic_exit import DynamicExitProposer, ExitLayerStats, expected_tokens
+from engine.drafting.policies import ConstantLength
+from engine.drafting.proposers import DraftModelProposer
+from engine.drafting.proposers.dynamic_exit import DynamicExitProposer, ExitLayerStats, expected_tokens
 from test_engine_tiny import ALPHA, N_RUNS, PROMPTS, SAMPLINGS, exact_first_two, lookup_friendly_prompt
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -9,13 +9,8 @@ import pytest
 from engine import STRATEGIES, describe_strategies, parse_strategy
 from engine.errors import ConfigError
 from engine.events import StepFeedback
-from engine.policies import ConstantLength, HeuristicLength
-from engine.strategies import (
-    AutoregressiveConfig,
-    DraftModelConfig,
-    EarlyExitConfig,
-    PromptLookupConfig,
-)
+from engine.drafting.policies import ConstantLength, HeuristicLength
+from engine.strategies import AutoregressiveConfig, DraftModelConfig, EarlyExitConfig, PromptLookupConfig
 
 
 def test_registry_holds_every_strategy():

@@ -18,10 +18,10 @@ import torch
 
 from conftest import TINY_VOCAB, chi_square_critical, chi_square_statistic, load_prompts
 from engine import ModelLoadError, SamplingConfig, SpeculativeDecoder, encode_prompt, logits_to_probs, run_to_completion
-from engine.policies import ConstantLength
-from engine.proposers import DraftModelProposer
+from engine.drafting.policies import ConstantLength
+from engine.drafting.proposers import DraftModelProposer
 from engine.sampling import check_finite
-from engine.trained_drafters import (
+from engine.loading.trained_drafters import (
     DrafterSpec,
     available,
     drafters_dir,
@@ -31,8 +31,8 @@ from engine.trained_drafters import (
     target_key,
     trained_drafter_name,
 )
-from engine.verification import acceptance_probability, residual_distribution
-from engine.vocab_trim import FREQUENCY_FILE, TrimmedHead, kept_ids, masked_logit, save_frequency_table
+from engine.decoding.verification import acceptance_probability, residual_distribution
+from engine.loading.vocab_trim import FREQUENCY_FILE, TrimmedHead, kept_ids, masked_logit, save_frequency_table
 from specviz import cli
 from specviz.training.data import Sequence
 from specviz.training.distill import DistilledStudent, KangarooStudent, make_batch, save_student, write_model_card

@@ -9,12 +9,12 @@ from conftest import chi_square_critical, chi_square_statistic
 from engine import SamplingConfig, SpeculativeDecoder, run_to_completion
 from engine.api import build_decoder
 from engine.errors import ConfigError
-from engine.models import ModelCache
-from engine.oracle import oracle_report
-from engine.proposers.lookup_trees import FusedRetrievalTreeProposer, LookupTreeProposer, ngram_continuations
-from engine.proposers.model_trees import DynamicShape, ModelTreeProposer, RsdShape, SpecTrShape, StaticShape
+from engine.loading.model_cache import ModelCache
+from engine.analysis.oracle import oracle_report
+from engine.drafting.proposers.lookup_trees import FusedRetrievalTreeProposer, LookupTreeProposer, ngram_continuations
+from engine.drafting.proposers.model_trees import DynamicShape, ModelTreeProposer, RsdShape, SpecTrShape, StaticShape
 from engine.strategies import TREE_STRATEGIES, parse_strategy
-from engine.tree_decoding import TreeDecoder
+from engine.decoding.tree import TreeDecoder
 from test_engine_tiny import ALPHA, N_RUNS, PROMPTS, SAMPLINGS, exact_first_two, lookup_friendly_prompt
 from test_self_speculation import first_two_counts_of
 

@@ -208,7 +208,7 @@ def test_a_real_tree_run_logs_replays_and_draws(tmp_path, tiny_target, tiny_nois
     """End to end on the tiny models: the lead's static_tree strategy, its events logged, replayed and drawn."""
     from engine import run_to_completion
     from engine.api import build_decoder
-    from engine.models import ModelCache
+    from engine.loading.model_cache import ModelCache
 
     models = ModelCache(max_models=4, loader=lambda spec, progress=None: tiny_noisy_drafter)
     strategy = parse_strategy("static_tree", {"drafter": "tiny-noisy", "vocab_trim": 0})

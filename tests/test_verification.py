@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from engine.sampling import SamplingConfig, logits_to_probs
-from engine.verification import (
+from engine.decoding.verification import (
     acceptance_probability,
     residual_distribution,
     verify_greedy,

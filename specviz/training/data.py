@@ -26,7 +26,7 @@ from tqdm import tqdm
 from transformers import DynamicCache
 
 from engine import LoadedModel, encode_prompt
-from engine.models import default_cache_dir
+from engine.loading.models import default_cache_dir
 
 from .prompts import TrainingPrompt, training_prompts
 

@@ -35,7 +35,7 @@ import torch
 from tqdm import tqdm
 
 from engine import EMBEDDED_DEFAULT, ModelCache
-from engine.diffusion_drafter import (
+from engine.drafting.diffusion_drafter import (
     DIFFUSION,
     DiffusionConfig,
     MaskedDiffusionDrafter,
@@ -281,7 +281,7 @@ def card_section(config: dict, folder: Path) -> str:
         "embeddings, rotary embedding and LM head (not stored here).",
         "",
         "```python",
-        "from engine.diffusion_drafter import load_diffusion_drafter",
+        "from engine.drafting.diffusion_drafter import load_diffusion_drafter",
         "drafter = load_diffusion_drafter(target)   # drafter.block_logits(context_ids, length) -> [length, vocab]",
         "```",
         "",

@@ -10,7 +10,7 @@
    `train_vocab` most frequent target tokens (cheap, and the same set VocabTrim keeps); a run
    that is killed resumes from its last checkpoint in the output folder when rerun;
 3. save the drafter's own weights (float16), a JSON config, the frequency table, a log;
-4. load the saved drafter back through `engine.trained_drafters` and measure held-out top-1
+4. load the saved drafter back through `engine.loading.trained_drafters` and measure held-out top-1
    agreement with the target (the greedy acceptance rate, teacher-forced); write the model card.
 
 Distilled: L own decoder layers, initialised from target layers (`source_layers`), and an own
@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from engine import EMBEDDED_DEFAULT, LoadedModel, ModelCache
 from engine.errors import ConfigError
-from engine.trained_drafters import (
+from engine.loading.trained_drafters import (
     DISTILLED,
     FORMAT_VERSION,
     KANGAROO,
@@ -50,7 +50,7 @@ from engine.trained_drafters import (
     own_modules,
     own_state,
 )
-from engine.vocab_trim import FREQUENCY_FILE, save_frequency_table
+from engine.loading.vocab_trim import FREQUENCY_FILE, save_frequency_table
 
 from .data import DataConfig, Sequence, TrainingData, load_or_generate
 
@@ -459,7 +459,7 @@ def write_model_card(out: Path) -> None:
         "(float16). Verification by the target keeps decoding lossless whatever the drafter proposes.",
         "",
         "```python",
-        "from engine.trained_drafters import load_trained_drafter",
+        "from engine.loading.trained_drafters import load_trained_drafter",
         'drafter = load_trained_drafter(target, "distilled", vocab_trim=N)   # or "kangaroo:<exit layer>"',
         "```",
         "",

@@ -5,7 +5,7 @@
 
 1. Greedy speculative decoding with the drafter at a fixed long draft (K = --k, never stopping)
    over the project's own training prompts (specviz/training/prompts.py; never the evaluation
-   suite), recording each checked drafted token's features (engine.policies.acceptance_features),
+   suite), recording each checked drafted token's features (engine.drafting.policies.acceptance_features),
    the drafter's final hidden state there, and whether the target accepted it. Unchecked tokens
    (after a rejection) carry no label.
 2. The prompts are split by a seeded generator: the first 80% train, the rest are held out.
@@ -40,7 +40,7 @@ from tqdm import tqdm
 from engine.events import StepFeedback
 from engine import EMBEDDED_DEFAULT, ModelCache, SamplingConfig, SpeculativeDecoder, encode_prompt
 from engine.errors import ConfigError
-from engine.policies import (
+from engine.drafting.policies import (
     ACCEPTANCE_FEATURES,
     HAND_SET_PRIOR,
     ConstantLength,
@@ -48,8 +48,8 @@ from engine.policies import (
     acceptance_features,
     fit_logistic,
 )
-from engine.proposers import DraftModelProposer
-from engine.trained_drafters import PREDICTOR_FILE, PROJECTION_FILE, predictor_key
+from engine.drafting.proposers import DraftModelProposer
+from engine.loading.trained_drafters import PREDICTOR_FILE, PROJECTION_FILE, predictor_key
 
 from .prompts import training_prompts
 

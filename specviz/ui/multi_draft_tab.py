@@ -1,5 +1,5 @@
 """The "Multi-draft bound" tab: on a toy target p and drafter q the person types, the best acceptance
-rate ANY lossless verifier could reach with k drafts (the LP bound of engine.optimal_acceptance),
+rate ANY lossless verifier could reach with k drafts (the LP bound of engine.analysis.optimal_acceptance),
 beside the exact rate of the project's own verifiers (SpecTr's k-SEQ, RSD, SpecInfer's top-k).
 
 `build_multi_draft_tab()` adds the components and their events inside an open `gr.Blocks` (in a
@@ -21,7 +21,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from engine.errors import SpecVizError
-from engine.optimal_acceptance import (
+from engine.analysis.optimal_acceptance import (
     MAX_K,
     MAX_VOCAB,
     MIN_K,

@@ -4,9 +4,9 @@ Each proposer lives in its own module; pure search functions (n-gram matching) a
 from the objects that hold state (KV caches).
 """
 
-from .adaptive_ngram import AdaptiveNgramProposer
-from .base import Proposal, Proposer
-from .draft_model import DraftModelProposer
-from .ngram import PromptLookupProposer, find_ngram_draft
+from engine.drafting.proposers.adaptive_ngram import AdaptiveNgramProposer
+from engine.drafting.proposers.base import Proposal, Proposer
+from engine.drafting.proposers.draft_model import DraftModelProposer
+from engine.drafting.proposers.ngram import PromptLookupProposer, find_ngram_draft
 
 __all__ = ["AdaptiveNgramProposer", "Proposal", "Proposer", "DraftModelProposer", "PromptLookupProposer", "find_ngram_draft"]

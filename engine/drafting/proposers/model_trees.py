@@ -31,10 +31,10 @@ from typing import Any, Protocol
 
 import torch
 
-from ..causal_lm import CachedCausalLM
-from ..draft_tree import DraftTree
-from ..events import StepFeedback
-from ..sampling import SamplingConfig, check_finite, logits_to_probs
+from engine.loading.causal_lm import CachedCausalLM
+from engine.decoding.draft_tree import DraftTree
+from engine.events import StepFeedback
+from engine.sampling import SamplingConfig, check_finite, logits_to_probs
 
 
 @dataclass

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import ModelLoadError
+from engine.errors import ModelLoadError
 
 FREQUENCY_FILE = "token_frequency.safetensors"
 

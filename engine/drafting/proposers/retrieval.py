@@ -27,7 +27,7 @@ the drafter's distribution at every position along it, for about the price of a 
 pass. When the draft leaves that path (another candidate wins, or the drafter takes over), the
 drafter's cache is cropped back to the draft and the new path is fed the same way.
 
-**Why this is lossless.** Rejection sampling (engine.verification) returns exactly the
+**Why this is lossless.** Rejection sampling (engine.decoding.verification) returns exactly the
 target's distribution whenever each drafted token x_j was drawn from the row draft_probs[j]
 that the verifier is given, and that row depends only on the context and the drafted prefix
 x_<j (never on the target, nor on later draws). Here the row at position j is:
@@ -66,10 +66,10 @@ from typing import Any
 
 import torch
 
-from ..causal_lm import CachedCausalLM
-from ..events import StepFeedback
-from ..sampling import SamplingConfig, check_finite, logits_to_probs, sample
-from .base import Proposal
+from engine.loading.causal_lm import CachedCausalLM
+from engine.events import StepFeedback
+from engine.sampling import SamplingConfig, check_finite, logits_to_probs, sample
+from engine.drafting.proposers.base import Proposal
 
 PAD = -1  # fills continuation rows past the end of the document
 

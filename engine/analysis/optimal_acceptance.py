@@ -10,7 +10,7 @@ accepted" can only happen when y is one of the drafts, hence for every lossless 
 and alpha* is reached by the best coupling (an optimal-transport problem, solved here as a linear
 programme for vocabularies of 2..12 tokens, k of 1..4 drafts). With one draft it is the familiar
 sum_x min(p(x), q(x)); with several it is what the verification rule of SpecTr, RSD or SpecInfer
-(engine.draft_tree) could at best achieve for that way of drafting.
+(engine.decoding.draft_tree) could at best achieve for that way of drafting.
 
 Draft schemes (how the k drafts are drawn from the drafter's q):
 
@@ -38,8 +38,8 @@ import torch
 from scipy.optimize import linprog
 from scipy.sparse import coo_array
 
-from .draft_tree import NodePlan, plan_chosen, plan_iid, plan_without_replacement
-from .errors import ConfigError
+from engine.decoding.draft_tree import NodePlan, plan_chosen, plan_iid, plan_without_replacement
+from engine.errors import ConfigError
 
 MIN_VOCAB, MAX_VOCAB = 2, 12
 MIN_K, MAX_K = 1, 4
@@ -315,7 +315,7 @@ def _rsd_refused(p: torch.Tensor, q: torch.Tensor, draws_left: int) -> float:
 
 def achieved_acceptance(p: Sequence[float] | torch.Tensor, q: Sequence[float] | torch.Tensor, k: int,
                         rule: str) -> float:
-    """The exact P(some draft accepted) of engine.draft_tree's verifier for this scheme (p, q [vocab]).
+    """The exact P(some draft accepted) of engine.decoding.draft_tree's verifier for this scheme (p, q [vocab]).
 
     - "chosen_topk": one plan, `plan_chosen` on the top-k tokens of q.
     - "without_replacement": the sum over every ordered draw of P(draw) * P(RSD refuses all its drafts),
@@ -349,7 +349,7 @@ def achieved_acceptance(p: Sequence[float] | torch.Tensor, q: Sequence[float] | 
 class SchemeResult:
     scheme: str  # one of SCHEMES
     optimum: float  # alpha*: the best any lossless verifier could do with these drafts
-    achieved: float  # what engine.draft_tree's verifier achieves, exactly
+    achieved: float  # what engine.decoding.draft_tree's verifier achieves, exactly
     bottleneck: Bottleneck  # why the optimum is not higher
 
     @property

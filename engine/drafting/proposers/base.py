@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
-from ..events import StepFeedback
-from ..sampling import SamplingConfig
+from engine.events import StepFeedback
+from engine.sampling import SamplingConfig
 
 if TYPE_CHECKING:
-    from ..token_lattice import LatticeDraft
+    from engine.drafting.token_lattice import LatticeDraft
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,7 @@ class Proposal:
     # What drove this proposal, for the step inspector and the log (JSON-serialisable; see
     # engine.events.StepEvent.proposer_info for the conventional keys).
     info: dict[str, Any] = field(default_factory=dict)
-    # Diffusion drafters: the token lattice the chain was taken from (engine.token_lattice.LatticeDraft)
+    # Diffusion drafters: the token lattice the chain was taken from (engine.drafting.token_lattice.LatticeDraft)
     lattice: LatticeDraft | None = None
     # Tokens the drafter generated before its own cut (diffusion: up to its first EOS); None = it does not say
     generated: int | None = None

@@ -3,7 +3,7 @@
 Same cache convention as the chain loop (engine.decoding): the target's cache holds every
 committed token but the last. Each step feeds the tree (root = that last token, then the drafted
 nodes) with tree attention, gets every node's next-token distribution, walks down the tree
-(engine.draft_tree), then compacts the cache to the committed prefix + root + accepted path, so
+(engine.decoding.draft_tree), then compacts the cache to the committed prefix + root + accepted path, so
 the next step's logits equal those of a fresh pass over the accepted text.
 """
 
@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import torch
 
-from .decoding import Decoder, Run, StepOutcome, alternating_phases, output_token, top_candidates
-from .detokenize import IncrementalDetokenizer
-from .draft_tree import DraftTree, TreeVerdict, verify_tree_greedy, verify_tree_sampling
-from .events import DraftedToken, LengthDecision, StepFeedback, TreeNode
-from .models import LoadedModel
-from .proposers.model_trees import TreeProposer
-from .sampling import SamplingConfig, check_finite, logits_to_probs
+from engine.decoding.driver import Decoder, Run, StepOutcome, alternating_phases, output_token, top_candidates
+from engine.decoding.detokenize import IncrementalDetokenizer
+from engine.decoding.draft_tree import DraftTree, TreeVerdict, verify_tree_greedy, verify_tree_sampling
+from engine.events import DraftedToken, LengthDecision, StepFeedback, TreeNode
+from engine.loading.models import LoadedModel
+from engine.drafting.proposers.model_trees import TreeProposer
+from engine.sampling import SamplingConfig, check_finite, logits_to_probs
 
 
 class TreeDecoder(Decoder):

@@ -34,8 +34,8 @@ from typing import Protocol
 
 import torch
 
-from .draft_tree import DraftTree
-from .proposers.adaptive_ngram import NgramTable
+from engine.decoding.draft_tree import DraftTree
+from engine.drafting.ngram_table import NgramTable
 
 
 @dataclass(frozen=True)
@@ -132,7 +132,7 @@ class DrafterCausalScorer:
     name = "drafter"
 
     def __init__(self, model: torch.nn.Module):
-        from .proposers.model_trees import TreeDrafter
+        from engine.drafting.proposers.model_trees import TreeDrafter
 
         self.drafter = TreeDrafter(model)
         self.passes = 0  # drafter forward passes in the last search

@@ -36,10 +36,10 @@ from typing import Any
 
 import torch
 
-from ..events import StepFeedback
-from ..sampling import SamplingConfig
-from .base import Proposal
-from .draft_model import DraftModelProposer
+from engine.events import StepFeedback
+from engine.sampling import SamplingConfig
+from engine.drafting.proposers.base import Proposal
+from engine.drafting.proposers.draft_model import DraftModelProposer
 
 PRIOR_WEIGHT = 4.0  # pseudo-observations behind each layer's prior acceptance
 EXPLORATION = 0.5  # optimism bonus scale: bonus = EXPLORATION * sqrt(ln(total) / observations)

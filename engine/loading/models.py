@@ -23,16 +23,14 @@ import os
 import re
 import shutil
 import tempfile
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from .errors import ModelLoadError
-from .packed_linear import KernelCalibration, pack_linears
+from engine.errors import ModelLoadError
+from engine.loading.linear_kernels import KernelCalibration, pack_linears
 
 EMBEDDED_DEFAULT = "smollm2-135m-instruct"
 _CACHE_MARKER = "specviz-cache.json"
@@ -291,65 +289,3 @@ def check_same_tokenizer(target: LoadedModel, drafter: LoadedModel) -> None:
         raise ModelLoadError(
             f"drafter {drafter.name!r} has an output layer of {drafter_vocab} tokens, target {target.name!r} has {target_vocab}"
         )
-
-
-class ModelCache:
-    """A bounded LRU of loaded models, shared across UI sessions and runs (thread-safe).
-
-    Keys are model specs; early-exit drafters are keyed by target and layer count and share the
-    target's weights, so they cost almost nothing.
-    """
-
-    def __init__(self, max_models: int = 2, loader: Callable[..., LoadedModel] = load_model):
-        self.max_models = max_models
-        self._loader = loader
-        self._models: OrderedDict[str, LoadedModel] = OrderedDict()
-        self._lock = threading.Lock()
-        self._loading: dict[str, threading.Lock] = {}
-
-    def get(self, spec: str, progress: ProgressFn | None = None) -> LoadedModel:
-        spec = (spec or EMBEDDED_DEFAULT).strip() or EMBEDDED_DEFAULT
-        with self._lock:
-            if spec in self._models:
-                self._models.move_to_end(spec)
-                return self._models[spec]
-            key_lock = self._loading.setdefault(spec, threading.Lock())
-        with key_lock:  # one load per spec even when several sessions ask at once
-            with self._lock:
-                if spec in self._models:
-                    return self._models[spec]
-            loaded = self._loader(spec, progress=progress)
-            with self._lock:
-                self._models[spec] = loaded
-                self._models.move_to_end(spec)
-                while len(self._models) > self.max_models:
-                    self._models.popitem(last=False)
-            return loaded
-
-    def drafter(
-        self, target: LoadedModel, spec: str, progress: ProgressFn | None = None, vocab_trim: int = 0
-    ) -> LoadedModel:
-        """A same-tokenizer drafter for `target`: "early-exit:N", a trained one ("distilled",
-        "kangaroo:N", from assets/drafters/<target>/), or any causal LM by spec.
-
-        vocab_trim > 0 (VocabTrim) keeps only the target's N most frequent tokens in the drafter's
-        head; it needs the token-frequency table shipped with the target's trained drafters.
-        """
-        from .strategies import EARLY_EXIT_PREFIX
-        from .trained_drafters import DrafterSpec, drafters_dir, load_trained_drafter, trim_to_frequent
-
-        if spec.startswith(EARLY_EXIT_PREFIX):
-            drafter = early_exit_drafter(target, int(spec[len(EARLY_EXIT_PREFIX):]))
-            return trim_to_frequent(target, drafter, vocab_trim, drafters_dir(target.name)) if vocab_trim else drafter
-        if DrafterSpec.matches(spec):
-            return load_trained_drafter(target, spec, vocab_trim)
-        if vocab_trim:
-            raise ModelLoadError(
-                f"vocab_trim works with early-exit, distilled and kangaroo drafters, not with {spec!r}; use vocab_trim=0"
-            )
-        drafter = self.get(spec, progress=progress)
-        check_same_tokenizer(target, drafter)
-        return drafter
-
-    def __len__(self) -> int:
-        return len(self._models)

@@ -19,11 +19,11 @@ from typing import Any
 
 import torch
 
-from ..diffusion_drafter import BlockDrafter
-from ..events import StepFeedback
-from ..sampling import SamplingConfig, check_finite, logits_to_probs
-from ..token_lattice import CausalScorer, LatticeDraft, TokenLattice, causal_path_search
-from .base import Proposal
+from engine.drafting.diffusion_drafter import BlockDrafter
+from engine.events import StepFeedback
+from engine.sampling import SamplingConfig, check_finite, logits_to_probs
+from engine.drafting.token_lattice import CausalScorer, LatticeDraft, TokenLattice, causal_path_search
+from engine.drafting.proposers.base import Proposal
 
 SEARCHES = ("cps", "top1")
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import torch
 
-from ..events import StepFeedback
-from ..sampling import SamplingConfig
-from .base import Proposal
+from engine.events import StepFeedback
+from engine.sampling import SamplingConfig
+from engine.drafting.proposers.base import Proposal
 
 
 def find_ngram_draft(tokens: list[int], k: int, max_ngram: int, min_ngram: int) -> list[int]:

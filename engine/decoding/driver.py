@@ -13,9 +13,9 @@ the outcome, assembles the StepEvent (in one place) and yields it:
         stepper.settle(run, outcome)     # roll caches back to the accepted prefix, learn (unless stopping)
         yield run.event(outcome, ...)
 
-The autoregressive baseline is a chain stepper with no proposer (every step drafts nothing and the
-target adds one "baseline" token), so baseline and speculation share every line that matters for
-speed and for correctness.
+Steppers: chain (engine.decoding.chain; the autoregressive baseline is a chain with no proposer, so
+baseline and speculation share every line that matters for speed and for correctness), tree
+(engine.decoding.tree) and PEARL (engine.decoding.pearl, with its second worker).
 
 Target cache convention (as in transformers' assisted generation): the target's KV cache holds
 every committed token except the last one; each step feeds [last, d1..dk] in ONE forward pass
@@ -34,11 +34,12 @@ from typing import Any, Protocol
 
 import torch
 
-from .causal_lm import CachedCausalLM
-from .detokenize import IncrementalDetokenizer
-from .draft_tree import TreeVerdict
-from .errors import PromptError
-from .events import (
+from engine.decoding.detokenize import IncrementalDetokenizer
+from engine.decoding.draft_tree import TreeVerdict
+from engine.decoding.verification import ChainVerdict
+from engine.drafting.token_lattice import LatticeDraft
+from engine.errors import PromptError
+from engine.events import (
     DraftedToken,
     LatticeColumn,
     LengthDecision,
@@ -51,12 +52,9 @@ from .events import (
     TreeNode,
     WorkerPhase,
 )
-from .models import LoadedModel
-from .policies import ConstantLength, DraftLengthPolicy
-from .proposers.base import Proposal, Proposer
-from .sampling import SamplingConfig, check_finite, logits_to_probs
-from .token_lattice import LatticeDraft
-from .verification import ChainVerdict, verify_greedy, verify_rejection_sampling
+from engine.loading.causal_lm import CachedCausalLM
+from engine.loading.models import LoadedModel
+from engine.sampling import SamplingConfig
 
 TOP_CANDIDATES = 5  # how many of the target's best tokens each event records per position
 
@@ -229,88 +227,7 @@ class Decoder:
             run.step += 1
 
 
-# --------------------------------------------------------------------------- chains
-
-
-class SpeculativeDecoder(Decoder):
-    """Target + optional chain proposer + draft-length policy + sampling settings.
-
-    `proposer=None` is the autoregressive baseline.
-    """
-
-    def __init__(
-        self,
-        target: LoadedModel,
-        proposer: Proposer | None = None,
-        policy: DraftLengthPolicy | None = None,
-        sampling: SamplingConfig = SamplingConfig(),
-    ):
-        super().__init__(target, sampling)
-        self.proposer = proposer
-        self.policy = policy or ConstantLength(1)
-
-    def stepper(self, run: Run) -> ChainStepper:
-        if self.proposer is not None:
-            self.proposer.start(list(run.tokens))
-        return ChainStepper(self.proposer, self.policy)
-
-
-class ChainStepper:
-    """Draft a chain of the policy's length, verify it in one target pass."""
-
-    def __init__(self, proposer: Proposer | None, policy: DraftLengthPolicy):
-        self.proposer = proposer
-        self.policy = policy
-
-    def step(self, run: Run) -> StepOutcome:
-        sampling, detok = run.sampling, run.detok
-        # 1. how much to draft: the policy's choice, clamped so accepted + 1 fits the budget
-        budget = run.budget
-        if self.proposer is None:
-            requested, reason, inputs = 0, "autoregressive: no draft", {}
-        else:
-            requested, reason, inputs = self.policy.decide()
-        allowed = max(0, min(requested, budget - 1))
-        if allowed < requested:
-            reason = f"{reason}; clamped to {allowed} by the remaining budget of {budget} tokens"
-        decision = LengthDecision(requested, allowed, reason, dict(inputs))
-
-        # 2. draft
-        proposal = Proposal([], None)
-        if self.proposer is not None and allowed > 0:
-            proposal = self.proposer.propose(run.tokens, allowed, sampling, run.generator)
-        draft = proposal.token_ids[:allowed]
-        draft_probs = None if proposal.draft_probs is None else proposal.draft_probs[: len(draft)]
-        drafted_at = run.clock()
-
-        # 3. verify: one target forward pass over [last, d1..dk] -> k + 1 distributions
-        target_probs, verdict = verify_chain(run.target, run.tokens[-1], draft, draft_probs, sampling, run.generator)
-        verified_at = run.clock()
-        n = verdict.num_accepted
-        return StepOutcome(
-            decision=decision,
-            draft=drafted_tokens(draft, draft_probs, target_probs, verdict, detok, sampling),
-            accepted=tuple(draft[:n]),
-            verdict=verdict,
-            output=output_token(verdict, target_probs[n], detok, sampling),
-            drafted_at=drafted_at,
-            verified_at=verified_at,
-            phases=alternating_phases(run.step_started, drafted_at, verified_at) if draft else (),
-            proposer_info=proposal.info,
-            lattice=lattice_columns(proposal.lattice, draft, detok),
-            feedback=StepFeedback(len(draft), n, tuple(draft[:n]), proposal.generated),
-        )
-
-    def settle(self, run: Run, outcome: StepOutcome, context_length: int) -> None:
-        # the target keeps context + accepted drafts; the proposer crops to match
-        feedback = outcome.feedback
-        run.target.rollback(context_length + feedback.num_accepted)
-        self.policy.update(feedback)
-        if self.proposer is not None and feedback.drafted:
-            self.proposer.observe(feedback)
-
-    def close(self) -> None:
-        pass
+# --------------------------------------------------------------------------- event parts
 
 
 def alternating_phases(started: float, drafted_at: float, verified_at: float) -> tuple[WorkerPhase, ...]:
@@ -318,24 +235,6 @@ def alternating_phases(started: float, drafted_at: float, verified_at: float) ->
     return (WorkerPhase("drafter", "draft", started, drafted_at), WorkerPhase("target", "verify", drafted_at, verified_at))
 
 
-def verify_chain(
-    target: CachedCausalLM,
-    last: int,
-    draft: list[int],
-    draft_probs: torch.Tensor | None,  # [k, vocab]
-    sampling: SamplingConfig,
-    generator: torch.Generator,
-) -> tuple[torch.Tensor, ChainVerdict]:
-    """One target forward pass over [last, d1..dk]; returns the target's distributions [k + 1, vocab] and the verdict."""
-    logits = target.forward([last] + draft, keep_logits=len(draft) + 1)  # [k + 1, vocab]
-    check_finite(logits, "target")
-    target_probs = logits_to_probs(logits, sampling)  # [k + 1, vocab]
-    if sampling.greedy:
-        return target_probs, verify_greedy(draft, logits)
-    return target_probs, verify_rejection_sampling(draft, draft_probs, target_probs, generator)
-
-
-# --------------------------------------------------------------------------- event parts
 
 
 def top_candidates(dist: torch.Tensor, detok: IncrementalDetokenizer) -> tuple[TokenCandidate, ...]:

@@ -2,7 +2,7 @@
 
 Both are ordinary transformers causal LMs of the target's class (so `DraftModelProposer` and
 `CachedCausalLM` run them unchanged), built on the meta device and completed with modules
-shared from the target, as `engine.models.early_exit_drafter` does; only their own modules hold
+shared from the target, as `engine.loading.models.early_exit_drafter` does; only their own modules hold
 new weights:
 
 - **distilled** (spec "distilled"): L decoder layers of its own and its own final norm, between
@@ -12,7 +12,7 @@ new weights:
   target's LM head. One adapter is trained per exit layer, so a policy can choose among them.
 
 Either head can be trimmed to the target's N most frequent tokens (`vocab_trim=N`, see
-`engine.vocab_trim`). Weights live in `assets/drafters/<target-name>/`, written by
+`engine.loading.vocab_trim`). Weights live in `assets/drafters/<target-name>/`, written by
 `specviz train-drafter`:
 
     distilled.json, distilled.safetensors   own layers + norm ("layers.<i>.*", "norm.weight")
@@ -35,10 +35,10 @@ from torch import nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from .errors import ModelLoadError
-from .policies import HiddenStateProjection, TrainedPredictor
-from .models import EMBEDDED_DEFAULT, LoadedModel, meta_causal_lm
-from .vocab_trim import FREQUENCY_FILE, TrimmedHead, kept_ids, load_frequency_order
+from engine.errors import ModelLoadError
+from engine.drafting.policies import HiddenStateProjection, TrainedPredictor
+from engine.loading.models import EMBEDDED_DEFAULT, LoadedModel, meta_causal_lm
+from engine.loading.vocab_trim import FREQUENCY_FILE, TrimmedHead, kept_ids, load_frequency_order
 
 FORMAT_VERSION = 1
 DISTILLED = "distilled"

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import torch
 
-from .events import StepFeedback
+from engine.events import StepFeedback
 
 
 class DraftLengthPolicy(Protocol):

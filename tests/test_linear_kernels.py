@@ -13,7 +13,7 @@ from torch.nn import functional as F
 
 from engine import LoadedModel
 from engine.api import build_decoder, run_to_completion
-from engine.packed_linear import (
+from engine.loading.linear_kernels import (
     ROW_BUCKETS,
     KernelCalibration,
     PackedLinear,
@@ -115,7 +115,7 @@ class _EarlyExitDrafters:
     """The ModelCache surface build_decoder uses, building early-exit drafters on the given target."""
 
     def drafter(self, target, spec, progress=None, vocab_trim=0):
-        from engine.models import early_exit_drafter
+        from engine.loading.models import early_exit_drafter
 
         return early_exit_drafter(target, int(spec.split(":")[1]))
 
@@ -138,7 +138,7 @@ def test_the_calibration_follows_its_measurements_per_shape_and_row_count(tmp_pa
         calibration._cache_key(threads, (80, 48)): _timings(4),
         calibration._cache_key(threads, (24, 16)): _timings(1),
     }))
-    monkeypatch.setattr("engine.packed_linear._time_both", lambda *a: pytest.fail("cached: nothing to measure"))
+    monkeypatch.setattr("engine.loading.linear_kernels._time_both", lambda *a: pytest.fail("cached: nothing to measure"))
     # rows between buckets use the bucket below (3 -> 2, 5..7 -> 4, 200 -> 32)
     assert [calibration.uses_packed((80, 48), rows) for rows in (1, 2, 3, 4, 7, 200)] == [False, False, False, True, True, True]
     assert all(calibration.uses_packed((24, 16), rows) for rows in (1, 2, 9))
@@ -162,7 +162,7 @@ def test_the_calibration_measures_once_and_caches_on_disk(tmp_path, monkeypatch)
     assert cache.is_file()
     second = KernelCalibration(cache)
     second.register(weights[0])
-    monkeypatch.setattr("engine.packed_linear._time_both", lambda *a: pytest.fail("measured again"))
+    monkeypatch.setattr("engine.loading.linear_kernels._time_both", lambda *a: pytest.fail("measured again"))
     assert second.table() == table
 
 

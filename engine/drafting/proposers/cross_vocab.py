@@ -42,10 +42,10 @@ from typing import Any
 
 import torch
 
-from ..causal_lm import CachedCausalLM
-from ..events import StepFeedback
-from ..sampling import SamplingConfig, check_finite
-from .base import Proposal
+from engine.loading.causal_lm import CachedCausalLM
+from engine.events import StepFeedback
+from engine.sampling import SamplingConfig, check_finite
+from engine.drafting.proposers.base import Proposal
 
 LOOKBEHIND = 4  # committed target tokens re-encoded with the draft text (UAG's target look-behind)
 ANCHOR = 4  # tokens decoded before a window so its first token's leading space comes out right

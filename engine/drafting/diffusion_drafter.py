@@ -30,10 +30,10 @@ from torch import nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .errors import ConfigError, ModelLoadError
-from .models import LoadedModel, meta_causal_lm
-from .trained_drafters import check_target, drafters_dir
-from .vocab_trim import FREQUENCY_FILE, TrimmedHead, kept_ids, load_frequency_order, masked_logit
+from engine.errors import ConfigError, ModelLoadError
+from engine.loading.models import LoadedModel, meta_causal_lm
+from engine.loading.trained_drafters import check_target, drafters_dir
+from engine.loading.vocab_trim import FREQUENCY_FILE, TrimmedHead, kept_ids, load_frequency_order, masked_logit
 
 DIFFUSION = "diffusion"
 DIFFUSION_FORMAT = 1

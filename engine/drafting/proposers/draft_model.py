@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from ..causal_lm import CachedCausalLM
-from ..policies import DraftStopRule
-from ..events import StepFeedback
-from ..sampling import SamplingConfig, check_finite, logits_to_probs, sample
-from .base import Proposal
+from engine.loading.causal_lm import CachedCausalLM
+from engine.drafting.policies import DraftStopRule
+from engine.events import StepFeedback
+from engine.sampling import SamplingConfig, check_finite, logits_to_probs, sample
+from engine.drafting.proposers.base import Proposal
 
 
 class DraftModelProposer:
@@ -22,7 +22,7 @@ class DraftModelProposer:
     Double early exit (Kangaroo): with `stop_below > 0` drafting also stops at the first position
     whose top drafter probability falls below that threshold; the unsure token is not proposed,
     so a hard stretch costs one cheap drafter pass instead of a rejected chain. An adaptive length
-    policy can stop drafting the same way through `stop_rule` (engine.policies.DraftStopRule).
+    policy can stop drafting the same way through `stop_rule` (engine.drafting.policies.DraftStopRule).
     """
 
     def __init__(self, model: torch.nn.Module, stop_below: float = 0.0, stop_rule: DraftStopRule | None = None):

@@ -39,11 +39,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from .decoding import Decoder, Run, StepOutcome, drafted_tokens, output_token, verify_chain
-from .events import LengthDecision, StepFeedback, WorkerPhase
-from .models import LoadedModel
-from .proposers.draft_model import DraftModelProposer
-from .sampling import SamplingConfig
+from engine.decoding.driver import Decoder, Run, StepOutcome, drafted_tokens, output_token
+from engine.decoding.chain import verify_chain
+from engine.events import LengthDecision, StepFeedback, WorkerPhase
+from engine.loading.models import LoadedModel
+from engine.drafting.proposers.draft_model import DraftModelProposer
+from engine.sampling import SamplingConfig
 
 
 def _draft(drafter: DraftModelProposer, context: list[int], n: int, sampling: SamplingConfig,

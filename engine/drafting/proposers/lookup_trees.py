@@ -8,7 +8,7 @@ path that starts like a model path shares its nodes (longest-prefix match) and b
 where they differ.
 
 Every child is chosen deterministically from the context, so sampling verification treats each
-as a point-mass proposal ("chosen" in engine.draft_tree).
+as a point-mass proposal ("chosen" in engine.decoding.draft_tree).
 
 >>> ngram_continuations([5, 6, 7, 5, 6, 8, 1, 5, 6], k=2, max_ngram=2, min_ngram=1, max_candidates=4)
 [(8, 1), (7, 5)]
@@ -20,11 +20,11 @@ from typing import Any
 
 import torch
 
-from ..draft_tree import DraftTree
-from ..events import StepFeedback
-from ..sampling import SamplingConfig
-from .model_trees import ModelTreeProposer, TreeProposal
-from .retrieval import DocumentIndex
+from engine.decoding.draft_tree import DraftTree
+from engine.events import StepFeedback
+from engine.sampling import SamplingConfig
+from engine.drafting.proposers.model_trees import ModelTreeProposer, TreeProposal
+from engine.drafting.proposers.retrieval import DocumentIndex
 
 
 def ngram_continuations(tokens: list[int], k: int, max_ngram: int, min_ngram: int,

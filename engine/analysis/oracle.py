@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from .events import StepEvent
+from engine.events import StepEvent
 
 
 @dataclass(frozen=True)
