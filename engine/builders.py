@@ -158,17 +158,30 @@ def _autoregressive(strategy: AutoregressiveConfig, ctx: BuildContext) -> Decode
     return SpeculativeDecoder(ctx.target, None, None, ctx.sampling)
 
 
-@builds(DraftModelConfig)
-@builds(EarlyExitConfig)
-@builds(KangarooConfig)
-def _model_chain(strategy: DraftModelConfig | EarlyExitConfig | KangarooConfig, ctx: BuildContext) -> Decoder:
+def _model_chain(strategy: DraftModelConfig | EarlyExitConfig | KangarooConfig, ctx: BuildContext,
+                 stop_below: float = 0.0) -> Decoder:
+    """A chain from a drafter model; `stop_below`: Kangaroo's double early exit (0 = off)."""
     trained = None
     if strategy.length_policy == "specdec":
         trained = load_acceptance_predictor(ctx.target.name, strategy.drafter, strategy.vocab_trim)
     policy = length_policy(strategy, trained)
     drafter = ctx.drafter(strategy.drafter, strategy.vocab_trim)
-    stop_below = getattr(strategy, "stop_below", 0.0)  # Kangaroo's double early exit
     return SpeculativeDecoder(ctx.target, DraftModelProposer(drafter, stop_below, policy.stop_rule), policy, ctx.sampling)
+
+
+@builds(DraftModelConfig)
+def _draft_model(strategy: DraftModelConfig, ctx: BuildContext) -> Decoder:
+    return _model_chain(strategy, ctx)
+
+
+@builds(EarlyExitConfig)
+def _early_exit(strategy: EarlyExitConfig, ctx: BuildContext) -> Decoder:
+    return _model_chain(strategy, ctx)
+
+
+@builds(KangarooConfig)
+def _kangaroo(strategy: KangarooConfig, ctx: BuildContext) -> Decoder:
+    return _model_chain(strategy, ctx, stop_below=strategy.stop_below)
 
 
 @builds(PromptLookupConfig)

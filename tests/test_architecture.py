@@ -147,3 +147,9 @@ def test_no_function_in_engine_or_specviz_is_longer_than_80_lines():
         if fn.end_lineno - fn.lineno + 1 > 80
     ]
     assert long == []
+
+
+def test_the_engine_finds_the_repository_assets():
+    from engine.loading.trained_drafters import assets_dir, drafters_dir
+
+    assert assets_dir() == ROOT / "assets" and drafters_dir("smollm2-135m-instruct").is_dir()

@@ -48,7 +48,7 @@ _SPEC = re.compile(r"distilled|kangaroo:([1-9][0-9]*)")
 
 def assets_dir() -> Path:
     """The repository's assets folder (next to the `engine` package in a checkout or editable install)."""
-    return Path(__file__).resolve().parent.parent / "assets"
+    return Path(__file__).resolve().parents[2] / "assets"
 
 
 def target_key(target_name: str) -> str:

@@ -68,6 +68,14 @@ def _about(name: str) -> str:
     return f"**{name}** ({tag}): {info['description']}"
 
 
+def _field_info(meta: dict[str, Any]) -> str | None:
+    """A field's help text, with its allowed range when it has one (from the strategy's declared metadata)."""
+    if "min" not in meta:
+        return meta.get("help")
+    low, high = (f"{x:,}" if isinstance(x, int) else f"{x:g}" for x in (meta["min"], meta["max"]))
+    return f"{meta.get('help', '')}; allowed: {low} to {high}"
+
+
 def _field_updates(name: str) -> list:
     """Show the strategy's own fields with its defaults, help and choices (strategies share fields); hide the rest."""
     params = STRATEGY_INFO.get(name, {}).get("parameters", {})
@@ -78,13 +86,13 @@ def _field_updates(name: str) -> list:
             updates.append(gr.update(visible=False))
             continue
         choices = {"choices": list(meta["choices"])} if meta.get("choices") else {}
-        updates.append(gr.update(visible=True, value=meta["default"], info=meta.get("help"), **choices))
+        updates.append(gr.update(visible=True, value=meta["default"], info=_field_info(meta), **choices))
     return updates
 
 
 def _param_field(prefix: str, field: str, meta: dict[str, Any], visible: bool) -> gr.components.Component:
     """One input for a strategy parameter, typed from its config: numbers, choices or free text."""
-    common = dict(label=field, info=meta.get("help"), visible=visible, elem_id=f"{prefix}param-{field.replace('_', '-')}")
+    common = dict(label=field, info=_field_info(meta), visible=visible, elem_id=f"{prefix}param-{field.replace('_', '-')}")
     if meta["type"] == "int":
         return gr.Number(meta["default"], precision=0, min_width=110, **common)
     if meta["type"] == "float":
