@@ -16,8 +16,10 @@ Everything downstream (UI, SQLite log, CLI, benchmarks, replays) consumes these 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
+T = TypeVar("T")
 VERDICTS = ("accepted", "rejected", "unchecked")
 OUTPUT_KINDS = ("recovered", "bonus", "baseline")
 
@@ -143,6 +145,16 @@ class StepFeedback:
     num_accepted: int  # drafted tokens kept
     accepted: tuple[int, ...] = ()  # the kept token ids, in order (a chain prefix or a tree path)
     generated: int | None = None  # tokens the drafter generated before its own cut (diffusion: up to EOS), if known
+
+    def checked(self, per_position: Sequence[T]) -> list[tuple[T, bool]]:
+        """Each checked drafted position's item with its verdict: positions before num_accepted were accepted, the
+        one at num_accepted (if drafted) rejected; later ones were never checked and teach nothing.
+
+        >>> StepFeedback(drafted=4, num_accepted=1).checked("abcd")
+        [('a', True), ('b', False)]
+        """
+        return [(item, i < self.num_accepted)
+                for i, item in enumerate(per_position[: min(self.drafted, self.num_accepted + 1)])]
 
 
 @dataclass(frozen=True)

@@ -359,3 +359,11 @@ def test_train_predictor_command_on_a_tiny_budget(tmp_path, capsys):
     trained = load_acceptance_predictor("t", "distilled", 8192, folder=tmp_path)
     assert trained.projection is not None and trained.projection.components.shape[0] == entry["hidden_components"] > 0
     assert cli.main(["train-predictor", "--out", str(tmp_path), "--prompts", "1"]) == 2  # too few prompts: a clear error
+
+
+def test_feedback_pairs_the_checked_positions_with_their_verdicts():
+    """Positions before num_accepted were accepted, the next one (if drafted) rejected, the rest never checked."""
+    assert StepFeedback(4, 1).checked("abcd") == [("a", True), ("b", False)]
+    assert StepFeedback(2, 2).checked("ab") == [("a", True), ("b", True)]  # all accepted: nothing rejected
+    assert StepFeedback(3, 0).checked("abc") == [("a", False)]
+    assert StepFeedback(0, 0).checked("") == []

@@ -222,8 +222,7 @@ class ConfidenceStop:
         conf, self._drafted_conf = self._drafted_conf[:drafted], []
         if not conf:
             return
-        # tokens 0..accepted-1 were accepted, token `accepted` (if drafted) rejected, later ones never checked
-        self._history.extend((c, i < accepted) for i, c in enumerate(conf[: accepted + 1]))
+        self._history.extend(feedback.checked(conf))
         del self._history[: -self.window]
         before, self.threshold = self.threshold, self._best_threshold()
         self._reason = (f"{accepted} of {drafted} accepted; threshold {before:.2f} -> {self.threshold:.2f} "
@@ -384,7 +383,7 @@ class AcceptancePredictorStop:
         features, self._drafted = self._drafted[:drafted], []
         if not features:
             return
-        self._examples.extend((f, i < accepted) for i, f in enumerate(features[: accepted + 1]))
+        self._examples.extend(feedback.checked(features))
         del self._examples[: -self.window]
         x = torch.tensor([f for f, _ in self._examples], dtype=torch.float64)  # [n, features]
         y = torch.tensor([float(ok) for _, ok in self._examples], dtype=torch.float64)  # [n]

@@ -68,9 +68,9 @@ class FeatureRecorder:
         self._drafted.append((acceptance_features(position, dist), hidden.double().clone()))
         return None
 
-    def label(self, drafted: int, accepted: int) -> None:
-        drafted_tokens, self._drafted = self._drafted[:drafted], []
-        self.examples.extend((f, h, i < accepted) for i, (f, h) in enumerate(drafted_tokens[: accepted + 1]))
+    def label(self, feedback: StepFeedback) -> None:
+        drafted_tokens, self._drafted = self._drafted, []
+        self.examples.extend((f, h, accepted) for (f, h), accepted in feedback.checked(drafted_tokens))
 
 
 class _RecordingLength(ConstantLength):
@@ -81,7 +81,7 @@ class _RecordingLength(ConstantLength):
         self.recorder = recorder
 
     def update(self, feedback: StepFeedback) -> None:
-        self.recorder.label(feedback.drafted, feedback.num_accepted)
+        self.recorder.label(feedback)
 
 
 def fit_projection(hidden: torch.Tensor, n_components: int) -> HiddenStateProjection:

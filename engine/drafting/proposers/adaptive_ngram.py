@@ -140,9 +140,8 @@ class AdaptiveNgramProposer:
 
     def observe(self, feedback: StepFeedback) -> None:
         # positions up to the first rejection were checked; later ones ("unchecked") teach nothing
-        num_accepted = feedback.num_accepted
-        for position, drafted in enumerate(self._drafted[: num_accepted + 1]):
-            self.table.record(drafted.context, drafted.chosen.token_id, accepted=position < num_accepted)
+        for drafted, accepted in feedback.checked(self._drafted):
+            self.table.record(drafted.context, drafted.chosen.token_id, accepted=accepted)
 
     def _text(self, ids: list[int] | tuple[int, ...]) -> str:
         return self.decode(list(ids)) if self.decode is not None else " ".join(map(str, ids))

@@ -126,8 +126,18 @@ def _top(q: torch.Tensor, width: int) -> list[int]:
     return torch.topk(q, min(width, int((q > 0).sum()))).indices.tolist()
 
 
+class _EveryNodeGrows:
+    """Shapes that grow every node of a level and verify the whole tree."""
+
+    def grows(self, level: list[int], path: dict[int, float]) -> list[int]:
+        return level
+
+    def finish(self, tree: DraftTree, path: dict[int, float]) -> DraftTree:
+        return tree
+
+
 @dataclass(frozen=True)
-class StaticShape:
+class StaticShape(_EveryNodeGrows):
     """SpecInfer / Medusa: the top b_d tokens of each node at depth d ("chosen")."""
 
     branching: tuple[int, ...]
@@ -138,12 +148,6 @@ class StaticShape:
 
     def children(self, node, q, d, sampling, generator, tree, draws) -> list[int]:
         return _top(q, self.branching[d])
-
-    def grows(self, level: list[int], path: dict[int, float]) -> list[int]:
-        return level
-
-    def finish(self, tree: DraftTree, path: dict[int, float]) -> DraftTree:
-        return tree
 
     def describe(self) -> str:
         return f"static top-k tree, branching {','.join(map(str, self.branching))}"
@@ -185,7 +189,7 @@ class RsdShape(StaticShape):
 
 
 @dataclass(frozen=True)
-class SpecTrShape:
+class SpecTrShape(_EveryNodeGrows):
     """SpecTr: k drafts drawn independently, merged on shared prefixes, every draw kept ("iid")."""
 
     drafts: int
@@ -203,12 +207,6 @@ class SpecTrShape:
         for token in children:
             draws[len(tree) + children.index(token)] = counts[token]
         return children
-
-    def grows(self, level: list[int], path: dict[int, float]) -> list[int]:
-        return level
-
-    def finish(self, tree: DraftTree, path: dict[int, float]) -> DraftTree:
-        return tree
 
     def describe(self) -> str:
         return f"SpecTr: {self.drafts} independent drafts merged on shared prefixes"
