@@ -165,9 +165,9 @@ def _oracle_gap(events) -> float:
     return report.gap if report is not None and any(e.num_drafted for e in events) else float("nan")
 
 
-def run_suite(args: argparse.Namespace, models: ModelCache) -> list[Row]:
+def run_suite(args: argparse.Namespace, models: ModelCache, reference: torch.nn.Module) -> list[Row]:
+    """`reference`: the target as transformers builds it (`unmodified_model`), timed with generate() in every round."""
     target = models.get(args.target, progress=lambda m: print(m, file=sys.stderr))
-    reference = unmodified_model(target.model)
     sampling = SamplingConfig(temperature=args.temperature, seed=args.seed)
     suite = by_category(load_prompt_suite())
     categories = args.categories.split(",") if args.categories else list(suite)
@@ -279,10 +279,9 @@ def _timed(fn):
     return value, time.perf_counter() - start
 
 
-def reference_comparison(args: argparse.Namespace, models: ModelCache) -> list[dict]:
+def reference_comparison(args: argparse.Namespace, models: ModelCache, reference: torch.nn.Module) -> list[dict]:
     """Our baseline vs `generate()`, our draft_model vs assisted generation, same drafter and K."""
     target = models.get(args.target)
-    reference = unmodified_model(target.model)
     strategy = parse_strategy("draft_model", {"k": str(args.reference_k)})
     drafter = models.drafter(target, strategy.drafter)
     suite = by_category(load_prompt_suite())
@@ -423,12 +422,13 @@ def main(argv: list[str] | None = None) -> int:
         print("median ms of one forward over M new tokens after 200 cached\n")
         print(kernel_markdown(kernel_table(args, models)))
         return 0
-    rows = run_suite(args, models)
+    reference = unmodified_model(models.get(args.target, progress=lambda m: print(m, file=sys.stderr)).model)
+    rows = run_suite(args, models, reference)
     summary = summarise(rows)
     print(markdown(summary))
     result = {"rows": [r.__dict__ for r in rows], "summary": summary, "threads": torch.get_num_threads()}
     if args.reference:
-        ref = reference_comparison(args, models)
+        ref = reference_comparison(args, models, reference)
         print()
         print(reference_markdown(ref))
         result["reference"] = ref

@@ -219,10 +219,10 @@ class ConfidenceStop:
 
     def update(self, feedback: StepFeedback) -> None:
         drafted, accepted = feedback.drafted, feedback.num_accepted
-        conf, self._drafted_conf = self._drafted_conf[:drafted], []
-        if not conf:
+        checked, self._drafted_conf = feedback.checked(self._drafted_conf), []
+        if not checked:
             return
-        self._history.extend(feedback.checked(conf))
+        self._history.extend(checked)
         del self._history[: -self.window]
         before, self.threshold = self.threshold, self._best_threshold()
         self._reason = (f"{accepted} of {drafted} accepted; threshold {before:.2f} -> {self.threshold:.2f} "
@@ -380,10 +380,10 @@ class AcceptancePredictorStop:
 
     def update(self, feedback: StepFeedback) -> None:
         drafted, accepted = feedback.drafted, feedback.num_accepted
-        features, self._drafted = self._drafted[:drafted], []
-        if not features:
+        checked, self._drafted = feedback.checked(self._drafted), []
+        if not checked:
             return
-        self._examples.extend(feedback.checked(features))
+        self._examples.extend(checked)
         del self._examples[: -self.window]
         x = torch.tensor([f for f, _ in self._examples], dtype=torch.float64)  # [n, features]
         y = torch.tensor([float(ok) for _, ok in self._examples], dtype=torch.float64)  # [n]
