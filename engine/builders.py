@@ -28,6 +28,7 @@ from engine.drafting.policies import (
     ConstantLength,
     DiffusionDraftLength,
     DraftLengthPolicy,
+    DraftStopRule,
     HeuristicLength,
     TrainedPredictor,
 )
@@ -36,10 +37,14 @@ from engine.drafting.proposers.cross_vocab import CrossVocabProposer
 from engine.drafting.proposers.diffusion import DiffusionProposer
 from engine.drafting.proposers.draft_model import DraftModelProposer
 from engine.drafting.proposers.dynamic_exit import DynamicExitProposer
-from engine.drafting.proposers.lookup_trees import FusedRetrievalTreeProposer, LookupTreeProposer
+from engine.drafting.proposers.lookup_trees import FusedLookupTreeProposer, FusedRetrievalTreeProposer, LookupTreeProposer
+from engine.drafting.proposers.base import Proposer
+from engine.drafting.proposers.feature_heads import EagleProposer, EagleTreeDrafter, MedusaHeadsDrafter
 from engine.drafting.proposers.model_trees import (
     DynamicShape,
+    LevelDrafter,
     ModelTreeProposer,
+    TreeDrafter,
     RsdShape,
     SpecTrShape,
     StaticShape,
@@ -60,6 +65,8 @@ from engine.strategies import (
     DynamicExitConfig,
     DynamicTreeConfig,
     EarlyExitConfig,
+    FEATURE_HEAD_STRATEGIES,
+    HybridTreeConfig,
     KangarooConfig,
     LookupTreeConfig,
     ModelTreeDrafting,
@@ -73,11 +80,13 @@ from engine.strategies import (
     StrategyConfig,
 )
 from engine.drafting.token_lattice import DrafterCausalScorer, NgramCausalScorer
-from engine.loading.trained_drafters import kangaroo_agreement, load_acceptance_predictor
+from engine.loading.causal_lm import FeatureTap
+from engine.loading.feature_drafters import EAGLE, FEATURE_DRAFTERS, MEDUSA, EagleHead, MedusaHeads, load_feature_drafter
+from engine.loading.trained_drafters import drafters_dir, kangaroo_agreement, load_acceptance_predictor
 from engine.decoding.tree import TreeDecoder
 
 
-@dataclass(frozen=True)
+@dataclass
 class BuildContext:
     """Everything a builder may use besides its config."""
 
@@ -86,10 +95,47 @@ class BuildContext:
     sampling: SamplingConfig
     progress: ProgressFn | None = None
     document: str | None = None  # the text retrieval strategies draft from
+    features: FeatureTap | None = None  # the target's features, once a feature head asked for them
 
     def drafter(self, spec: str, vocab_trim: int = 0) -> torch.nn.Module:
         """A same-tokenizer drafter model for the target (distilled, kangaroo:N, early-exit:N, a hub id or folder)."""
+        if spec in FEATURE_DRAFTERS:
+            raise ConfigError("drafter", f"{spec} is a draft head that reads the target's features; use it with "
+                                         f"{', '.join(FEATURE_HEAD_STRATEGIES)}")
         return self.models.drafter(self.target, spec, progress=self.progress, vocab_trim=vocab_trim).model
+
+    def target_features(self) -> FeatureTap:
+        """The tap the decoder fills with the target's features (give the decoder `self.features`)."""
+        if self.features is None:
+            self.features = FeatureTap()
+        return self.features
+
+    def feature_head(self, kind: str, vocab_trim: int) -> EagleHead | MedusaHeads:
+        return load_feature_drafter(self.target, kind, drafters_dir(self.target.name), vocab_trim, packed=True)
+
+    def chain_proposer(self, spec: str, vocab_trim: int, stop_rule: DraftStopRule | None = None,
+                       stop_below: float = 0.0) -> Proposer:
+        """A chain proposer for a drafter spec: EAGLE's or Medusa's heads on the target's features, or a drafter model."""
+        if spec == EAGLE:
+            return EagleProposer(self.feature_head(spec, vocab_trim), self.target_features(), stop_rule)
+        if spec == MEDUSA:
+            if stop_rule is not None:
+                raise ConfigError("length_policy", "Medusa's heads draft all their tokens at once: they cannot stop "
+                                                   "inside the draft; use constant, heuristic or feedback")
+            return MedusaHeadsDrafter(self.feature_head(spec, vocab_trim), self.target_features())
+        return DraftModelProposer(self.drafter(spec, vocab_trim), stop_below, stop_rule)
+
+    def level_drafter(self, spec: str, vocab_trim: int, depth: int) -> LevelDrafter:
+        """What grows a draft tree one level per pass: EAGLE's head, Medusa's heads or a drafter model."""
+        if spec == EAGLE:
+            return EagleTreeDrafter(self.feature_head(spec, vocab_trim), self.target_features())
+        if spec == MEDUSA:
+            heads = MedusaHeadsDrafter(self.feature_head(spec, vocab_trim), self.target_features())
+            if depth > heads.depth:
+                raise ConfigError("depth", f"Medusa has {heads.depth} heads, one per tree level: the tree may be at most "
+                                           f"{heads.depth} deep, got {depth}")
+            return heads
+        return TreeDrafter(self.drafter(spec, vocab_trim))
 
     def document_ids(self, strategy: str) -> list[int]:
         """The attached document as target token ids; a clear error when there is none."""
@@ -165,8 +211,8 @@ def _model_chain(strategy: DraftModelConfig | EarlyExitConfig | KangarooConfig, 
     if strategy.length_policy == "specdec":
         trained = load_acceptance_predictor(ctx.target.name, strategy.drafter, strategy.vocab_trim)
     policy = length_policy(strategy, trained)
-    drafter = ctx.drafter(strategy.drafter, strategy.vocab_trim)
-    return SpeculativeDecoder(ctx.target, DraftModelProposer(drafter, stop_below, policy.stop_rule), policy, ctx.sampling)
+    proposer = ctx.chain_proposer(strategy.drafter, strategy.vocab_trim, policy.stop_rule, stop_below)
+    return SpeculativeDecoder(ctx.target, proposer, policy, ctx.sampling, ctx.features)
 
 
 @builds(DraftModelConfig)
@@ -285,8 +331,8 @@ def _check_tree_attention(strategy: StrategyConfig, ctx: BuildContext) -> None:
 
 def _model_tree(strategy: ModelTreeDrafting, ctx: BuildContext, shape: TreeShape) -> Decoder:
     _check_tree_attention(strategy, ctx)
-    proposer = ModelTreeProposer(ctx.drafter(strategy.drafter, strategy.vocab_trim), shape)
-    return TreeDecoder(ctx.target, proposer, ctx.sampling)
+    proposer = ModelTreeProposer(ctx.level_drafter(strategy.drafter, strategy.vocab_trim, shape.depth), shape)
+    return TreeDecoder(ctx.target, proposer, ctx.sampling, ctx.features)
 
 
 @builds(StaticTreeConfig)
@@ -320,8 +366,19 @@ def _lookup_tree(strategy: LookupTreeConfig, ctx: BuildContext) -> Decoder:
 def _rasd_tree(strategy: RasdTreeConfig, ctx: BuildContext) -> Decoder:
     _check_tree_attention(strategy, ctx)
     document_ids = ctx.document_ids(strategy.name)
-    model_tree = ModelTreeProposer(ctx.drafter(strategy.drafter, strategy.vocab_trim),
-                                   DynamicShape(width=strategy.width, nodes=strategy.nodes, depth=strategy.depth))
+    shape = DynamicShape(width=strategy.width, nodes=strategy.nodes, depth=strategy.depth)
+    model_tree = ModelTreeProposer(ctx.level_drafter(strategy.drafter, strategy.vocab_trim, shape.depth), shape)
     proposer = FusedRetrievalTreeProposer(model_tree, document_ids, strategy.k, strategy.max_candidates,
                                           strategy.min_match, strategy.max_match)
-    return TreeDecoder(ctx.target, proposer, ctx.sampling)
+    return TreeDecoder(ctx.target, proposer, ctx.sampling, ctx.features)
+
+
+@builds(HybridTreeConfig)
+def _hybrid_tree(strategy: HybridTreeConfig, ctx: BuildContext) -> Decoder:
+    """The feature head's EAGLE-2 tree with the context's own earlier continuations (prompt lookup) merged in."""
+    _check_tree_attention(strategy, ctx)
+    shape = DynamicShape(width=strategy.width, nodes=strategy.nodes, depth=strategy.depth)
+    model_tree = ModelTreeProposer(ctx.level_drafter(strategy.drafter, strategy.vocab_trim, shape.depth), shape)
+    proposer = FusedLookupTreeProposer(model_tree, strategy.k, strategy.max_candidates, strategy.max_ngram,
+                                       strategy.min_ngram)
+    return TreeDecoder(ctx.target, proposer, ctx.sampling, ctx.features)

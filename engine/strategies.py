@@ -122,7 +122,9 @@ def _branching(name: str, value: Any) -> None:
 
 _HEAD_TRIM_HELP = "VocabTrim: keep only the N most frequent target tokens in the drafter's head (0 = all)"
 _DRAFTER_TRIM_HELP = "VocabTrim for the drafter, as in draft_model (0 = all tokens)"
-_DRAFTER_HELP = "distilled, kangaroo:N, early-exit:N or a same-tokenizer model (hub id or folder)"
+_DRAFTER_HELP = ("distilled, eagle or medusa (draft heads on the target's features), kangaroo:N, early-exit:N or a "
+                 "same-tokenizer model (hub id or folder)")
+FEATURE_HEADS = ("eagle", "medusa")  # drafters that read the target's features (engine.loading.feature_drafters)
 
 
 def _vocab_trim(default: int, help: str = _DRAFTER_TRIM_HELP) -> Any:
@@ -201,12 +203,12 @@ class DraftModelConfig(ChainDrafting):
         "(Leviathan et al. / Chen et al.)."
     )
     drafter: str = _drafter(
-        "distilled (the project's trained drafter for the embedded target), kangaroo:N, early-exit:N, "
-        "or a same-tokenizer model (hub id or folder)"
+        "distilled (the project's trained drafter for the embedded target), eagle (EAGLE's head on the target's "
+        "features), medusa (Medusa's heads), kangaroo:N, early-exit:N, or a same-tokenizer model (hub id or folder)"
     )
     vocab_trim: int = _vocab_trim(
         0, "VocabTrim: keep only the N most frequent target tokens in the drafter's head (0 = all; "
-        "distilled, kangaroo and early-exit drafters only)"
+        "distilled, eagle, medusa, kangaroo and early-exit drafters only)"
     )
 
 
@@ -460,7 +462,32 @@ class RasdTreeConfig(DynamicTreeConfig):
     max_match: int = param(16, "longest suffix match measured when ranking candidates (longest first)", low=1, high=64)
 
 
-TREE_STRATEGIES = ("static_tree", "dynamic_tree", "rsd", "spectr", "lookup_tree", "rasd_tree")
+@dataclass(frozen=True)
+class HybridTreeConfig(StrategyConfig):
+    name: ClassVar[str] = "hybrid_tree"
+    lossless: ClassVar[bool] = True
+    description: ClassVar[str] = (
+        "Copy and model drafting in one tree: EAGLE's head drafts a dynamic tree from the target's own features, "
+        "the context's earlier continuations of its suffix (prompt lookup) are merged in, and the target verifies "
+        "every node in one pass; each node shows which source proposed it."
+    )
+    ORDERED: ClassVar[tuple[tuple[str, str], ...]] = (("min_ngram", "max_ngram"),)
+
+    drafter: str = param("eagle", "the tree's model source: eagle or medusa (heads on the target's features), or any "
+                                  "drafter model as in dynamic_tree", check=_same_tokenizer_drafter)
+    vocab_trim: int = _vocab_trim(8192)
+    depth: int = param(5, "drafter passes (the model tree's depth)", low=1, high=16)
+    width: int = param(3, "nodes expanded per depth, and children per expanded node (EAGLE-2's top-k)", low=1, high=8)
+    nodes: int = param(12, "model-tree nodes kept (highest path probability)", low=1, high=128)
+    k: int = param(8, "tokens per looked-up continuation", low=1, high=32)
+    max_candidates: int = param(2, "looked-up continuations merged in (most recent first)", low=1, high=16)
+    max_ngram: int = param(3, "longest suffix n-gram looked up", low=1, high=16)
+    min_ngram: int = param(2, "shortest suffix n-gram tried", low=1, high=16)
+
+
+TREE_STRATEGIES = ("static_tree", "dynamic_tree", "rsd", "spectr", "lookup_tree", "rasd_tree", "hybrid_tree")
+# the strategies whose drafter may be a feature head (eagle, medusa)
+FEATURE_HEAD_STRATEGIES = ("draft_model", "static_tree", "dynamic_tree", "rsd", "spectr", "rasd_tree", "hybrid_tree")
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Benchmark: strategies x prompt-suite categories, and the engine against transformers.
 
-    specviz bench                                   # every strategy, 1 prompt per category
-    specviz bench --strategies ar,prompt_lookup --per-category 3 --max-new-tokens 96
+    specviz bench                                   # every strategy + transformers' own, 1 prompt per category
+    specviz bench --strategies ar,prompt_lookup,hf_prompt_lookup --per-category 3 --max-new-tokens 96
     specviz bench --reference                       # + our ar vs generate(), our draft_model vs assisted generation
 
 Speedup = wall time of the `ar` baseline / wall time of the strategy, both measured in this one
@@ -10,6 +10,26 @@ decoding unless --temperature is given; under greedy every row also says whether
 identical to the baseline. Results print as Markdown tables and optionally go to a JSON file.
 Every run gets its prompt's passage as the attached document (see `prompt_passage`), which
 retrieval drafting (rasd, rasd_tree) drafts from and the other strategies ignore.
+
+Each prompt runs in interleaved rounds of [transformers generate() on an unmodified copy of the
+target, `ar`, every strategy, every transformers row]; each keeps its fastest round.
+
+Transformers' own speculative methods are rows of the same table, selectable in --strategies
+like any strategy (and on by default), timed in the same rounds on the unmodified target:
+- hf_prompt_lookup: generate(prompt_lookup_num_tokens=--hf-lookup-tokens) (default 10);
+- hf_assisted: assisted generation with the project's distilled drafter as transformers runs it
+  (an unmodified copy, plain nn.Linear), a constant K = --reference-k, no confidence cut-off.
+They run under greedy decoding only (skipped, with a note, under --temperature). Their wall time
+and text are known (`identical` compares their tokens with our ar's), their drafted and accepted
+tokens are not: their acceptance columns read n/a.
+
+Columns per (strategy, category) and per strategy overall (ALL):
+- speedup vs ar, vs generate(): ratios of summed wall times over the group's prompts;
+- vs generate() geomean: the geometric mean over prompts of generate()'s wall time / the row's,
+  the project's headline figure ("speed relative to generate(), geometric mean over prompts");
+- mean acc. length, acc. rate, cost ratio: from summed steps / drafted / accepted tokens;
+- per position: acceptance rate at draft positions 1..6 (see `per_position`);
+- oracle gap, target waiting, tok/s, identical.
 """
 
 from __future__ import annotations
@@ -20,12 +40,14 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from engine import (
     EMBEDDED_DEFAULT,
+    LoadedModel,
     ModelCache,
     SamplingConfig,
     SpecVizError,
@@ -63,6 +85,9 @@ class Row:
     generate_wall_s: float = float("nan")  # transformers generate() on the unmodified model, same prompt and length
 
 
+PER_POSITION_SHOWN = 6  # draft positions 1..6 in the summary's per-position acceptance
+
+
 def _ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
 
@@ -71,8 +96,35 @@ def _percent(value: float) -> str:
     return "n/a" if math.isnan(value) else format(value, ".0%")
 
 
+def _number(value: float, spec: str = ".2f", suffix: str = "") -> str:
+    return "n/a" if math.isnan(value) else format(value, spec) + suffix
+
+
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
+
+
+def _geomean(values: list[float]) -> float:
+    """Geometric mean of the positive, finite values (nan when there are none)."""
+    logs = [math.log(v) for v in values if v > 0 and math.isfinite(v)]
+    return math.exp(sum(logs) / len(logs)) if logs else float("nan")
+
+
+def per_position(rows: list[Row]) -> list[float]:
+    """Acceptance rate at draft positions 1..PER_POSITION_SHOWN over `rows`.
+
+    At each position: the plain mean of the rate of every row that drafted that far, so each prompt weighs the
+    same whatever its number of drafting steps (as in the geometric mean), and a row that never drafted to a
+    position (a shorter K, no draft at all, a transformers row) is left out there rather than counted as 0.
+    Stops at the first position no row reached; empty when no row drafted.
+    """
+    out = []
+    for i in range(PER_POSITION_SHOWN):
+        values = [r.per_position[i] for r in rows if len(r.per_position) > i]
+        if not values:
+            break
+        out.append(_mean(values))
+    return out
 
 
 def summarise(rows: list[Row]) -> list[dict]:
@@ -94,8 +146,10 @@ def summarise(rows: list[Row]) -> list[dict]:
             "strategy": strategy, "category": category, "prompts": len(rs),
             "speedup": _ratio(sum(r.baseline_wall_s for r in rs), wall),
             "vs_generate": _ratio(sum(r.generate_wall_s for r in rs), wall),
+            "vs_generate_geomean": _geomean([_ratio(r.generate_wall_s, r.wall_s) for r in rs]),
             "mean_acceptance_length": 1 + accepted / steps if steps else float("nan"),
             "acceptance_rate": accepted / drafted if drafted else float("nan"),
+            "per_position": per_position(rs),
             "tokens_per_s": _ratio(sum(r.new_tokens for r in rs), wall),
             "cost_ratio": _ratio(_ratio(sum(r.draft_s for r in rs), drafted), baseline_step_s) if drafted else float("nan"),
             "identical": (all(identical) if identical else None),
@@ -108,16 +162,18 @@ def summarise(rows: list[Row]) -> list[dict]:
 
 
 def markdown(summary: list[dict]) -> str:
-    lines = ["| strategy | category | prompts | speedup vs ar | vs generate() | mean acc. length | acc. rate | cost ratio "
-             "| oracle gap | target waiting | tok/s | identical |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| strategy | category | prompts | speedup vs ar | vs generate() | vs generate() geomean | mean acc. length "
+             "| acc. rate | per position | cost ratio | oracle gap | target waiting | tok/s | identical |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in sorted(summary, key=lambda s: (s["strategy"], s["category"] == "ALL", s["category"])):
         ident = "n/a" if s["identical"] is None else ("yes" if s["identical"] else "NO")
+        positions = "/".join(f"{v:.2f}" for v in s["per_position"]) or "n/a"
         lines.append(
-            f"| {s['strategy']} | {s['category']} | {s['prompts']} | {s['speedup']:.2f}x | {s['vs_generate']:.2f}x | "
-            f"{s['mean_acceptance_length']:.2f} | {s['acceptance_rate']:.2f} | {s['cost_ratio']:.2f} | "
-            f"{_percent(s['oracle_gap'])} | {_percent(s['target_waiting'])} | "
-            f"{s['tokens_per_s']:.1f} | {ident} |"
+            f"| {s['strategy']} | {s['category']} | {s['prompts']} | {_number(s['speedup'], suffix='x')} | "
+            f"{_number(s['vs_generate'], suffix='x')} | {_number(s['vs_generate_geomean'], suffix='x')} | "
+            f"{_number(s['mean_acceptance_length'])} | {_number(s['acceptance_rate'])} | {positions} | "
+            f"{_number(s['cost_ratio'])} | {_percent(s['oracle_gap'])} | {_percent(s['target_waiting'])} | "
+            f"{_number(s['tokens_per_s'], '.1f')} | {ident} |"
         )
     return "\n".join(lines)
 
@@ -143,6 +199,86 @@ def parse_strategy_spec(spec: str):
     return parse_strategy(name, params)
 
 
+# --------------------------------------------------------------------------- transformers' own speculative rows
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One of transformers' speculative methods as a bench row: greedy `generate()` on the unmodified target with
+    `options` (built once per run by the `REFERENCES` entry of the same name)."""
+
+    name: str
+    options: dict
+
+    def __call__(self, model: torch.nn.Module, ids: list[int], max_new_tokens: int) -> tuple[list[int], float]:
+        """The generated token ids (prompt excluded) and the wall time of the generate() call."""
+        x = torch.tensor([ids])
+        with torch.inference_mode():
+            start = time.perf_counter()
+            out = model.generate(x, max_new_tokens=max_new_tokens, min_new_tokens=0, do_sample=False, **self.options)
+            seconds = time.perf_counter() - start
+        return out[0, len(ids):].tolist(), seconds
+
+
+def _hf_prompt_lookup(args: argparse.Namespace, models: ModelCache, target: LoadedModel) -> dict:
+    """Prompt lookup decoding, --hf-lookup-tokens candidate tokens per step (transformers' documented typical 10)."""
+    return {"prompt_lookup_num_tokens": args.hf_lookup_tokens}
+
+
+def _hf_assisted(args: argparse.Namespace, models: ModelCache, target: LoadedModel) -> dict:
+    """Assisted generation with the distilled drafter as transformers runs it (its own unmodified copy, plain
+    nn.Linear), a constant K = --reference-k and no confidence cut-off, as in `reference_comparison`."""
+    assistant = unmodified_model(models.drafter(target, "distilled").model)
+    return {"assistant_model": assistant, "num_assistant_tokens": args.reference_k,
+            "num_assistant_tokens_schedule": "constant", "assistant_confidence_threshold": 0.0}
+
+
+# row name -> the generate() options of that row, given the bench's arguments, models and target
+REFERENCES: dict[str, Callable[[argparse.Namespace, ModelCache, LoadedModel], dict]] = {
+    "hf_prompt_lookup": _hf_prompt_lookup,
+    "hf_assisted": _hf_assisted,
+}
+REFERENCE_PREFIX = "hf_"  # names starting so are transformers rows, never engine strategies
+
+# cross_vocab's default drafter (Gemma 3 270M) is an optional extra: benchmark it by naming it
+DEFAULT_STRATEGIES = ",".join([*(n for n in STRATEGIES if n != "cross_vocab"), *REFERENCES])
+
+
+def parse_selection(spec: str) -> tuple[list, list[str]]:
+    """--strategies: the engine strategies (each "name" or "name:key=value:...") and the transformers rows named."""
+    strategies, references = [], []
+    for item in spec.split(","):
+        name = item.strip().split(":")[0]
+        if name in REFERENCES:
+            if item.strip() != name:
+                raise ConfigError(name, "transformers rows take no parameters here (see --hf-lookup-tokens, --reference-k)")
+            references.append(name)
+        elif name.startswith(REFERENCE_PREFIX):
+            raise ConfigError("strategies", f"unknown transformers row {name!r}; choose one of {', '.join(REFERENCES)}")
+        else:
+            strategies.append(parse_strategy_spec(item))
+    return strategies, references
+
+
+def build_references(names: list[str], args: argparse.Namespace, models: ModelCache, target: LoadedModel,
+                     sampling: SamplingConfig) -> list[Reference]:
+    """The transformers rows to time, each set up once; one that cannot be set up is skipped with a note."""
+    if names and not sampling.greedy:
+        print(f"note: skipping {', '.join(names)}: transformers' speculative rows are timed under greedy decoding "
+              "only (--temperature 0)", file=sys.stderr)
+        return []
+    out = []
+    for name in names:
+        try:
+            out.append(Reference(name, REFERENCES[name](args, models, target)))
+        except Exception as exc:  # noqa: BLE001 - a missing or unloadable drafter costs one row, not the run
+            print(f"note: skipping {name}: could not set it up ({type(exc).__name__}: {exc})", file=sys.stderr)
+    return out
+
+
+# --------------------------------------------------------------------------- the suite
+
+
 def prompt_passage(prompt: str) -> str:
     """The passage a suite prompt works on: the text after its first paragraph (the instruction), else all of it.
 
@@ -165,49 +301,108 @@ def _oracle_gap(events) -> float:
     return report.gap if report is not None and any(e.num_drafted for e in events) else float("nan")
 
 
+@dataclass
+class _Bench:
+    """What every prompt of a `run_suite` shares."""
+
+    models: ModelCache
+    target: LoadedModel
+    reference: torch.nn.Module  # the unmodified target: generate() and the transformers rows run on it
+    sampling: SamplingConfig
+    strategies: list  # the engine strategies, the `ar` baseline first
+    references: list[Reference]
+    repeats: int
+
+
+@dataclass
+class _Best:
+    """A prompt's fastest round of each contender."""
+
+    runs: dict[int, RunResult] = field(default_factory=dict)  # by index into _Bench.strategies
+    references: dict[str, tuple[list[int], float]] = field(default_factory=dict)  # name -> (token ids, wall s)
+    generate_s: float = math.inf
+
+
+def _time_rounds(bench: _Bench, ids: list[int], n: int, document: str) -> _Best:
+    """Rounds of [generate(), ar, every strategy, every transformers row] in turn: each keeps its fastest round, so
+    a slow spell on a shared machine hits every contender alike instead of one baseline all speedups divide by."""
+    best = _Best()
+    for _round in range(bench.repeats):
+        best.generate_s = min(best.generate_s, time_generate(bench.reference, ids, n, bench.sampling))
+        for i, strategy in enumerate(bench.strategies):
+            if i and strategy.name == "ar":
+                continue  # the baseline's own row is the baseline
+            decoder = build_decoder(strategy, bench.target, bench.models, bench.sampling, document=document)
+            result = run_to_completion(decoder, ids, n)
+            if i not in best.runs or result.metrics.wall_s < best.runs[i].metrics.wall_s:
+                best.runs[i] = result
+        for reference in bench.references:
+            token_ids, wall_s = reference(bench.reference, ids, n)
+            if reference.name not in best.references or wall_s < best.references[reference.name][1]:
+                best.references[reference.name] = (token_ids, wall_s)
+    return best
+
+
+def _strategy_row(strategy, result: RunResult, baseline: RunResult, category: str, prompt_id: str,
+                  generate_s: float, greedy: bool) -> Row:
+    m = result.metrics
+    return Row(
+        _row_name(strategy), category, prompt_id, m.new_tokens, m.steps, m.drafted, m.accepted, m.wall_s,
+        baseline.metrics.wall_s, result.token_ids == baseline.token_ids if greedy else None,
+        m.per_position_acceptance, sum(e.timings.draft_s for e in result.events), baseline.metrics.steps,
+        _oracle_gap(result.events), worker_time(result.events).get("target", {}).get("waiting_s", float("nan")),
+        generate_s,
+    )
+
+
+def _reference_row(name: str, token_ids: list[int], wall_s: float, baseline: RunResult, category: str,
+                   prompt_id: str, generate_s: float) -> Row:
+    """A transformers row: its wall time and text are known; its steps, drafted and accepted tokens are not (0, so
+    the summary's acceptance columns read n/a)."""
+    return Row(name, category, prompt_id, len(token_ids), 0, 0, 0, wall_s, baseline.metrics.wall_s,
+               token_ids == baseline.token_ids, baseline_steps=baseline.metrics.steps, generate_wall_s=generate_s)
+
+
+def _report(row: Row) -> None:
+    mal = f"{1 + row.accepted / row.steps:.2f}" if row.steps else "n/a"
+    print(f"{row.prompt_id:<18} {row.strategy:<24} {row.new_tokens:>4} tok {row.wall_s:6.2f} s "
+          f"speedup {_ratio(row.baseline_wall_s, row.wall_s):.2f}x "
+          f"vs generate() {_ratio(row.generate_wall_s, row.wall_s):.2f}x MAL {mal}", file=sys.stderr)
+
+
+def _prompt_rows(bench: _Bench, category: str, prompt, max_new_tokens: int) -> list[Row]:
+    """One row per strategy and transformers row on one suite prompt, from their fastest rounds."""
+    ids = encode_prompt(bench.target.tokenizer, prompt.prompt)
+    n = max_new_tokens or prompt.max_new_tokens
+    best = _time_rounds(bench, ids, n, prompt_passage(prompt.prompt))
+    baseline = best.runs[0]
+    rows = [
+        _strategy_row(strategy, baseline if strategy.name == "ar" else best.runs[i], baseline, category, prompt.id,
+                      best.generate_s, bench.sampling.greedy)
+        for i, strategy in enumerate(bench.strategies[1:], start=1)
+    ]
+    rows += [_reference_row(name, token_ids, wall_s, baseline, category, prompt.id, best.generate_s)
+             for name, (token_ids, wall_s) in best.references.items()]
+    for row in rows:
+        _report(row)
+    return rows
+
+
 def run_suite(args: argparse.Namespace, models: ModelCache, reference: torch.nn.Module) -> list[Row]:
-    """`reference`: the target as transformers builds it (`unmodified_model`), timed with generate() in every round."""
+    """`reference`: the target as transformers builds it (`unmodified_model`), timed with generate() in every round
+    and running the transformers rows."""
     target = models.get(args.target, progress=lambda m: print(m, file=sys.stderr))
     sampling = SamplingConfig(temperature=args.temperature, seed=args.seed)
     suite = by_category(load_prompt_suite())
     categories = args.categories.split(",") if args.categories else list(suite)
-    strategies = [parse_strategy_spec(spec) for spec in args.strategies.split(",")]
-    rows: list[Row] = []
-    for category in categories:
-        if category not in suite:
-            raise SpecVizError(f"unknown category {category!r}; the suite has {', '.join(suite)}")
-        for prompt in suite[category][: args.per_category]:
-            ids = encode_prompt(target.tokenizer, prompt.prompt)
-            n = args.max_new_tokens or prompt.max_new_tokens
-            document = prompt_passage(prompt.prompt)
-            # Rounds of [ar, every strategy] in turn: each keeps its fastest round, so a slow spell on a shared
-            # machine hits every strategy alike instead of one baseline that all speedups divide by.
-            best: dict[int, RunResult] = {}
-            generate_s = math.inf
-            for _round in range(args.repeats):
-                generate_s = min(generate_s, time_generate(reference, ids, n, sampling))
-                for i, strategy in enumerate([parse_strategy("ar"), *strategies]):
-                    if i and strategy.name == "ar":
-                        continue  # the baseline's own row is the baseline
-                    result = run_to_completion(build_decoder(strategy, target, models, sampling, document=document), ids, n)
-                    if i not in best or result.metrics.wall_s < best[i].metrics.wall_s:
-                        best[i] = result
-            baseline = best[0]
-            for i, strategy in enumerate(strategies, start=1):
-                result = baseline if strategy.name == "ar" else best[i]
-                m = result.metrics
-                rows.append(Row(
-                    _row_name(strategy), category, prompt.id, m.new_tokens, m.steps, m.drafted, m.accepted, m.wall_s,
-                    baseline.metrics.wall_s, result.token_ids == baseline.token_ids if sampling.greedy else None,
-                    m.per_position_acceptance, sum(e.timings.draft_s for e in result.events), baseline.metrics.steps,
-                    _oracle_gap(result.events), worker_time(result.events).get("target", {}).get("waiting_s", float("nan")),
-                    generate_s,
-                ))
-                print(f"{prompt.id:<18} {_row_name(strategy):<24} {m.new_tokens:>4} tok {m.wall_s:6.2f} s "
-                      f"speedup {_ratio(baseline.metrics.wall_s, m.wall_s):.2f}x "
-                      f"vs generate() {_ratio(generate_s, m.wall_s):.2f}x "
-                      f"MAL {m.mean_acceptance_length:.2f}", file=sys.stderr)
-    return rows
+    unknown = [c for c in categories if c not in suite]
+    if unknown:
+        raise SpecVizError(f"unknown category {unknown[0]!r}; the suite has {', '.join(suite)}")
+    strategies, reference_names = parse_selection(args.strategies)
+    bench = _Bench(models, target, reference, sampling, [parse_strategy("ar"), *strategies],
+                   build_references(reference_names, args, models, target, sampling), args.repeats)
+    return [row for category in categories for prompt in suite[category][: args.per_category]
+            for row in _prompt_rows(bench, category, prompt, args.max_new_tokens)]
 
 
 def unmodified_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -389,10 +584,9 @@ def reference_markdown(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="specviz bench", description=__doc__.split("\n\n")[0])
-    # cross_vocab's default drafter (Gemma 3 270M) is an optional extra: benchmark it by naming it
-    parser.add_argument("--strategies", default=",".join(n for n in STRATEGIES if n != "cross_vocab"),
-                        help='comma-separated strategies, each "name" or "name:key=value:..." '
-                             "(default: all but cross_vocab)")
+    parser.add_argument("--strategies", default=DEFAULT_STRATEGIES,
+                        help='comma-separated strategies, each "name" or "name:key=value:...", and transformers rows '
+                             f"({', '.join(REFERENCES)}) (default: all but cross_vocab, and the transformers rows)")
     parser.add_argument("--categories", default="", help="comma-separated categories (default: all)")
     parser.add_argument("--per-category", type=int, default=1, help="prompts per category")
     parser.add_argument("--max-new-tokens", type=int, default=0, help="0 = each prompt's own budget")
@@ -403,7 +597,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", default=EMBEDDED_DEFAULT)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     parser.add_argument("--reference", action="store_true", help="also compare with transformers generate()/assisted generation")
-    parser.add_argument("--reference-k", type=int, default=4, help="draft length K for the assisted-generation comparison")
+    parser.add_argument("--reference-k", type=int, default=4,
+                        help="draft length K for assisted generation (the hf_assisted row and --reference)")
+    parser.add_argument("--hf-lookup-tokens", type=int, default=10,
+                        help="prompt_lookup_num_tokens of the hf_prompt_lookup row (transformers' typical 10)")
     parser.add_argument("--logging-overhead", action="store_true",
                         help="also time a bare engine run against the same run logged to SQLite")
     parser.add_argument("--ui-latency", action="store_true",
@@ -415,6 +612,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
+    if args.hf_lookup_tokens < 1 or args.reference_k < 1:
+        parser.error("--hf-lookup-tokens and --reference-k must be at least 1")
+    if not args.kernels:
+        try:
+            parse_selection(args.strategies)  # before loading any model
+        except ConfigError as exc:
+            parser.error(f"--strategies: {exc}")
     if args.threads:
         torch.set_num_threads(args.threads)
     models = ModelCache()

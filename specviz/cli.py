@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("train-drafter", help="train small drafters for a target (specviz train-drafter --help)", add_help=False)
     sub.add_parser("train-predictor", help="fit SpecDec++'s acceptance predictor (specviz train-predictor --help)",
                    add_help=False)
+    sub.add_parser("train-heads", help="train the EAGLE and Medusa draft heads (specviz train-heads --help)",
+                   add_help=False)
     sub.add_parser("train-diffusion", help="train the masked-diffusion drafter (specviz train-diffusion --help)",
                    add_help=False)
     return parser
@@ -150,6 +152,10 @@ def main(argv: list[str] | None = None) -> int:
             from .training.predictor import main as predictor_main
 
             return predictor_main(argv[1:])
+        if argv[:1] == ["train-heads"]:
+            from .training.heads import main as heads_main
+
+            return heads_main(argv[1:])
         if argv[:1] == ["train-diffusion"]:
             from .training.diffusion import main as diffusion_main
 

@@ -348,8 +348,10 @@ TREE_STYLE = {
     "unchecked": NodeStyle("unchecked (not reached)", "#B0B0B0", "circle-open", 9, 1.0, 0.8),
 }
 OUTPUT_COLOURS = {"bonus": GREEN, "recovered": VERMILLION, "baseline": GREY}
-SOURCE_HELP = {"model": "the drafter model", "retrieval": "retrieval (no drafter probability)",
-               "both": "the drafter model and retrieval"}
+SOURCE_HELP = {"model": "the drafter (a model or a head on the target's features)",
+               "retrieval": "copied from earlier text: the context (lookup) or a document (no drafter probability)",
+               "both": "the drafter and copied text alike"}
+COPIED_SOURCES = ("retrieval", "both")  # nodes a fused tree copied from text get a ring (a second cue besides hover)
 TREE_ROW_PX = 26  # vertical room per leaf row, shrunk (down to about 14 px at 80 nodes) to keep the height in bounds
 TREE_DENSE_ROW_PX = 18  # below this, only the produced tokens keep their labels (every text stays in the hover)
 TREE_HEIGHT = (280, 1000)  # min, max
@@ -465,6 +467,13 @@ def draft_tree_figure(event: StepEvent) -> go.Figure | None:
             text=[label.format(_token_text(n.text, TREE_LABEL_CHARS)) if labelled else "" for n in group],
             textposition="top center", textfont=dict(size=11, color=BLACK if produced else GREY),
             hovertext=[_node_hover(n) for n in group], hoverinfo="text",
+        ))
+    copied = [n for n in nodes if n.source in COPIED_SOURCES]
+    if copied:
+        fig.add_trace(go.Scatter(
+            x=[xs[n.index] for n in copied], y=[ys[n.index] for n in copied], name="copied from earlier text",
+            mode="markers", marker=dict(symbol="square-open", size=21 * shrink, color=ORANGE, line=dict(width=2)),
+            hovertext=[_node_hover(n) for n in copied], hoverinfo="text",
         ))
     fig.add_trace(go.Scatter(
         x=[xs[out]], y=[ys[out]], name=f"+ {event.output.kind} (target's token)", mode="markers+text",

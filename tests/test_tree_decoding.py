@@ -12,7 +12,7 @@ from engine.errors import ConfigError
 from engine.loading.model_cache import ModelCache
 from engine.analysis.oracle import oracle_report
 from engine.drafting.proposers.lookup_trees import FusedRetrievalTreeProposer, LookupTreeProposer, ngram_continuations
-from engine.drafting.proposers.model_trees import DynamicShape, ModelTreeProposer, RsdShape, SpecTrShape, StaticShape
+from engine.drafting.proposers.model_trees import DynamicShape, ModelTreeProposer, TreeDrafter, RsdShape, SpecTrShape, StaticShape
 from engine.strategies import TREE_STRATEGIES, parse_strategy
 from engine.decoding.tree import TreeDecoder
 from test_engine_tiny import ALPHA, N_RUNS, PROMPTS, SAMPLINGS, exact_first_two, lookup_friendly_prompt
@@ -24,12 +24,12 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 def proposers(drafter):
     """One of each tree shape, small enough for fast tests."""
     return {
-        "static": lambda: ModelTreeProposer(drafter, StaticShape((3, 2))),
-        "dynamic": lambda: ModelTreeProposer(drafter, DynamicShape(width=2, nodes=5, depth=3)),
-        "rsd": lambda: ModelTreeProposer(drafter, RsdShape((3, 2))),
-        "spectr": lambda: ModelTreeProposer(drafter, SpecTrShape(drafts=3, depth=2)),
+        "static": lambda: ModelTreeProposer(TreeDrafter(drafter), StaticShape((3, 2))),
+        "dynamic": lambda: ModelTreeProposer(TreeDrafter(drafter), DynamicShape(width=2, nodes=5, depth=3)),
+        "rsd": lambda: ModelTreeProposer(TreeDrafter(drafter), RsdShape((3, 2))),
+        "spectr": lambda: ModelTreeProposer(TreeDrafter(drafter), SpecTrShape(drafts=3, depth=2)),
         "lookup": lambda: LookupTreeProposer(3, 1, 4, 3),
-        "fused": lambda: FusedRetrievalTreeProposer(ModelTreeProposer(drafter, DynamicShape(width=2, nodes=3, depth=2)),
+        "fused": lambda: FusedRetrievalTreeProposer(ModelTreeProposer(TreeDrafter(drafter), DynamicShape(width=2, nodes=3, depth=2)),
                                                     [3, 5, 7, 1, 2, 3, 5, 8, 8, 1], 3, 3, 1, 8),
     }
 
@@ -70,9 +70,9 @@ def test_every_step_is_one_target_forward_pass(tiny_target, tiny_noisy_drafter):
 
 def test_a_tree_hedges_where_a_chain_guesses(tiny_target, tiny_noisy_drafter):
     """With the same drafter, the static tree's accepted depth per step is at least the chain's top-1 path."""
-    chain = run_to_completion(TreeDecoder(tiny_target, ModelTreeProposer(tiny_noisy_drafter.model, StaticShape((1, 1)))),
+    chain = run_to_completion(TreeDecoder(tiny_target, ModelTreeProposer(TreeDrafter(tiny_noisy_drafter.model), StaticShape((1, 1)))),
                               PROMPTS[0], 40)
-    tree = run_to_completion(TreeDecoder(tiny_target, ModelTreeProposer(tiny_noisy_drafter.model, StaticShape((4, 2)))),
+    tree = run_to_completion(TreeDecoder(tiny_target, ModelTreeProposer(TreeDrafter(tiny_noisy_drafter.model), StaticShape((4, 2)))),
                              PROMPTS[0], 40)
     assert tree.metrics.mean_acceptance_length > chain.metrics.mean_acceptance_length
 
@@ -82,8 +82,8 @@ def test_the_target_as_its_own_tree_drafter_gets_every_level_accepted(shape, tin
     """Checks the drafter's cache bookkeeping across steps: the target drafting for itself puts its own
     argmax path in the tree, so every step accepts the full depth. A drafter cache that kept tree
     nodes instead of the accepted path would draft from a wrong context and fall short."""
-    make = {"static": lambda: ModelTreeProposer(tiny_target.model, StaticShape((2, 2, 1))),
-            "dynamic": lambda: ModelTreeProposer(tiny_target.model, DynamicShape(width=2, nodes=10, depth=3))}[shape]  # keeps all
+    make = {"static": lambda: ModelTreeProposer(TreeDrafter(tiny_target.model), StaticShape((2, 2, 1))),
+            "dynamic": lambda: ModelTreeProposer(TreeDrafter(tiny_target.model), DynamicShape(width=2, nodes=10, depth=3))}[shape]  # keeps all
     result = run_to_completion(TreeDecoder(tiny_target, make()), PROMPTS[0], 40)
     full = [e for e in result.events if e.stop_reason is None]
     assert len(full) >= 5
@@ -91,7 +91,7 @@ def test_the_target_as_its_own_tree_drafter_gets_every_level_accepted(shape, tin
 
 
 def test_dynamic_tree_keeps_the_likeliest_nodes_and_stays_a_tree(tiny_target, tiny_noisy_drafter):
-    proposer = ModelTreeProposer(tiny_noisy_drafter.model, DynamicShape(width=3, nodes=6, depth=4))
+    proposer = ModelTreeProposer(TreeDrafter(tiny_noisy_drafter.model), DynamicShape(width=3, nodes=6, depth=4))
     proposer.start(PROMPTS[0])
     tree = proposer.propose_tree(PROMPTS[0], 10, SamplingConfig(), torch.Generator()).tree
     assert len(tree) - 1 == 6

@@ -227,3 +227,15 @@ def test_a_real_tree_run_logs_replays_and_draws(tmp_path, tiny_target, tiny_nois
         fig = draft_tree_figure(e)
         assert len(set(positions(fig))) == len(e.tree) + 1
     assert TREE_SHAPE_TRACE_NAMES[0] in {t.name for t in acceptance_figure(events).data}
+
+
+def test_copied_nodes_get_a_ring_that_only_fused_trees_show():
+    """A fused tree (hybrid, RASD) marks the nodes copied from text (every third node in tree_step) with a ring."""
+    fig = draft_tree_figure(tree_step(SAMPLE))
+    rings = [t for t in fig.data if t.name == "copied from earlier text"]
+    assert len(rings) == 1 and rings[0].marker.symbol == "square-open"
+    assert sorted(zip(rings[0].x, rings[0].y)) == sorted(p for p in positions(fig) if p in set(zip(rings[0].x, rings[0].y)))
+    assert len(rings[0].x) == 2  # nodes 3 and 6
+    assert all("copied from earlier text" in h for h in rings[0].hovertext)
+    model_only = tree_step([(p, t, v) for p, t, v in SAMPLE[:2]])  # nodes 1 and 2: both from the model
+    assert not [t for t in draft_tree_figure(model_only).data if t.name == "copied from earlier text"]

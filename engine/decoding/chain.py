@@ -13,7 +13,7 @@ from engine.decoding.verification import ChainVerdict, verify_greedy, verify_rej
 from engine.drafting.policies import ConstantLength, DraftLengthPolicy
 from engine.drafting.proposers.base import Proposal, Proposer
 from engine.events import LengthDecision, StepFeedback
-from engine.loading.causal_lm import CachedCausalLM
+from engine.loading.causal_lm import CachedCausalLM, FeatureTap
 from engine.loading.models import LoadedModel
 from engine.sampling import SamplingConfig, check_finite, logits_to_probs
 
@@ -30,8 +30,9 @@ class SpeculativeDecoder(Decoder):
         proposer: Proposer | None = None,
         policy: DraftLengthPolicy | None = None,
         sampling: SamplingConfig = SamplingConfig(),
+        features: FeatureTap | None = None,
     ):
-        super().__init__(target, sampling)
+        super().__init__(target, sampling, features)
         self.proposer = proposer
         self.policy = policy or ConstantLength(1)
 

@@ -52,7 +52,7 @@ from engine.events import (
     TreeNode,
     WorkerPhase,
 )
-from engine.loading.causal_lm import CachedCausalLM
+from engine.loading.causal_lm import CachedCausalLM, FeatureTap
 from engine.loading.models import LoadedModel
 from engine.sampling import SamplingConfig
 
@@ -84,14 +84,15 @@ class StepOutcome:
 class Run:
     """One generation's state: tokens, the target's cache, detokenizer, budget, random generator, clock."""
 
-    def __init__(self, target: LoadedModel, sampling: SamplingConfig, prompt_ids: list[int], max_new_tokens: int):
+    def __init__(self, target: LoadedModel, sampling: SamplingConfig, prompt_ids: list[int], max_new_tokens: int,
+                 features: FeatureTap | None = None):
         self.sampling = sampling
         self.window = target.context_window
         self.eos_ids = target.eos_token_ids
         self.max_new_tokens = max_new_tokens
         self.generator = sampling.make_generator()
         self.detok = IncrementalDetokenizer(target.tokenizer, prompt_ids)
-        self.target = CachedCausalLM(target.model)
+        self.target = CachedCausalLM(target.model, features)  # features: what feature-level draft heads read
         self.tokens = list(prompt_ids)
         self.produced = 0
         self.step = 0
@@ -177,11 +178,17 @@ class Stepper(Protocol):
 
 
 class Decoder:
-    """Target + sampling settings + a way to make each run's stepper; `generate` is the one loop."""
+    """Target + sampling settings + a way to make each run's stepper; `generate` is the one loop.
 
-    def __init__(self, target: LoadedModel, sampling: SamplingConfig = SamplingConfig()):
+    `features`: a tap that receives the target's features from every pass (prefill and verification),
+    shared with a proposer that drafts from them (EAGLE, Medusa); None when nothing reads them.
+    """
+
+    def __init__(self, target: LoadedModel, sampling: SamplingConfig = SamplingConfig(),
+                 features: FeatureTap | None = None):
         self.target = target
         self.sampling = sampling
+        self.features = features
 
     def stepper(self, run: Run) -> Stepper:
         raise NotImplementedError
@@ -202,7 +209,7 @@ class Decoder:
         Closing the generator (a consumer that stops iterating) stops the run between steps.
         """
         self.check_prompt(prompt_ids)
-        run = Run(self.target, self.sampling, prompt_ids, max_new_tokens)
+        run = Run(self.target, self.sampling, prompt_ids, max_new_tokens, self.features)
         with contextlib.closing(self.stepper(run)) as stepper:
             yield from self._loop(run, stepper)
 

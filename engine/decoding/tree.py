@@ -15,6 +15,7 @@ from engine.decoding.driver import Decoder, Run, StepOutcome, alternating_phases
 from engine.decoding.detokenize import IncrementalDetokenizer
 from engine.decoding.draft_tree import DraftTree, TreeVerdict, verify_tree_greedy, verify_tree_sampling
 from engine.events import DraftedToken, LengthDecision, StepFeedback, TreeNode
+from engine.loading.causal_lm import FeatureTap
 from engine.loading.models import LoadedModel
 from engine.drafting.proposers.model_trees import TreeProposer
 from engine.sampling import SamplingConfig, check_finite, logits_to_probs
@@ -23,8 +24,9 @@ from engine.sampling import SamplingConfig, check_finite, logits_to_probs
 class TreeDecoder(Decoder):
     """Target + tree proposer + sampling settings; yields the same StepEvents as the chain loop, with `tree` set."""
 
-    def __init__(self, target: LoadedModel, proposer: TreeProposer, sampling: SamplingConfig = SamplingConfig()):
-        super().__init__(target, sampling)
+    def __init__(self, target: LoadedModel, proposer: TreeProposer, sampling: SamplingConfig = SamplingConfig(),
+                 features: FeatureTap | None = None):
+        super().__init__(target, sampling, features)
         self.tree_proposer = proposer
 
     def stepper(self, run: Run) -> TreeStepper:

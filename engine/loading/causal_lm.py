@@ -3,6 +3,10 @@
 Both the target and model drafters use it. The cache always holds a prefix of the token
 sequence the caller is building; `rollback(n)` keeps the first n cached positions
 (`DynamicCache.crop` with a negative count removes the rest).
+
+With a `FeatureTap` it also keeps the model's final hidden state at every cached position (taken from
+the same forward pass, so at no extra cost), cropped and compacted with the cache: what a target
+hands to the feature-level draft heads (engine.drafting.proposers.feature_heads).
 """
 
 from __future__ import annotations
@@ -11,43 +15,63 @@ import torch
 from transformers import DynamicCache
 
 
+class FeatureTap:
+    """The final (normed) hidden state at every position a `CachedCausalLM`'s cache holds.
+
+    rows[i] is the feature after cached token i: the vector the LM head turns into token i + 1's
+    distribution. For a target the cache holds every committed token but the last, so rows has
+    one row per committed token but the last.
+    """
+
+    def __init__(self) -> None:
+        self.rows = torch.empty(0)  # [cached positions, hidden]
+
+    def __len__(self) -> int:
+        return int(self.rows.shape[0])
+
+    def reset(self) -> None:
+        self.rows = torch.empty(0)
+
+    def append(self, hidden: torch.Tensor) -> None:  # hidden: [n, H]
+        self.rows = hidden.clone() if not len(self) else torch.cat([self.rows, hidden])
+
+    def keep(self, positions: torch.Tensor | int) -> None:
+        """Keep the first `positions` rows (an int) or exactly the listed ones (a tensor of indices)."""
+        self.rows = self.rows[:positions] if isinstance(positions, int) else self.rows.index_select(0, positions)
+
+
 class CachedCausalLM:
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, features: FeatureTap | None = None):
         self.model = model
         self.cache = DynamicCache(config=model.config)
         self.forward_passes = 0
         self._region_parents: list[int] = []  # the tree region after the prefix (see forward_tree)
+        self.features = features  # None: nobody reads the hidden states
+        if features is not None:
+            features.reset()
 
     @property
     def cached_length(self) -> int:
         return self.cache.get_seq_length()
 
     @torch.inference_mode()
-    def forward(self, token_ids: list[int], keep_logits: int = 1) -> torch.Tensor:
+    def forward(self, token_ids: list[int], keep_logits: int = 1, **inputs: torch.Tensor) -> torch.Tensor:
         """Append token_ids to the cache; return the logits of the last `keep_logits` positions.
 
         Returns [keep_logits, vocab]: row i scores the token that follows
-        token_ids[len(token_ids) - keep_logits + i].
+        token_ids[len(token_ids) - keep_logits + i]. `inputs`: extra model inputs (a draft head's features).
         """
         input_ids = torch.tensor([token_ids], dtype=torch.long)
-        out = self.model(input_ids=input_ids, cache=self.cache, use_cache=True, logits_to_keep=keep_logits)
+        out = self.model(input_ids=input_ids, cache=self.cache, use_cache=True, logits_to_keep=keep_logits,
+                         output_hidden_states=self.features is not None, **inputs)
         self.forward_passes += 1
+        if self.features is not None:
+            self.features.append(out.hidden_states[-1][0])
         return out.logits[0]
 
     @torch.inference_mode()
-    def forward_with_hidden(self, token_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """As `forward` with keep_logits=1, plus the final (normed) hidden state of the last position.
-
-        Returns (logits [1, vocab], hidden [hidden_size]).
-        """
-        input_ids = torch.tensor([token_ids], dtype=torch.long)
-        out = self.model(input_ids=input_ids, cache=self.cache, use_cache=True, logits_to_keep=1,
-                         output_hidden_states=True)
-        self.forward_passes += 1
-        return out.logits[0], out.hidden_states[-1][0, -1]
-
-    @torch.inference_mode()
-    def forward_tree(self, token_ids: list[int], parents: list[int], prefix_length: int | None = None) -> torch.Tensor:
+    def forward_tree(self, token_ids: list[int], parents: list[int], prefix_length: int | None = None,
+                     **inputs: torch.Tensor) -> torch.Tensor:
         """Append tree nodes in one pass; return the logits after every one of them [N, vocab].
 
         The cache is a prefix (the first `prefix_length` positions; default: everything cached, i.e.
@@ -85,9 +109,13 @@ class CachedCausalLM:
             cache=self.cache,
             use_cache=True,
             logits_to_keep=n,
+            output_hidden_states=self.features is not None,
+            **inputs,
         )
         self.forward_passes += 1
         self._region_parents = region
+        if self.features is not None:
+            self.features.append(out.hidden_states[-1][0])
         return out.logits[0]
 
     def keep_positions(self, positions: list[int]) -> None:
@@ -100,6 +128,8 @@ class CachedCausalLM:
             if layer.is_initialized and layer.keys.numel():
                 layer.keys = layer.keys.index_select(-2, index)
                 layer.values = layer.values.index_select(-2, index)
+        if self.features is not None:
+            self.features.keep(index)
 
     def rollback(self, keep: int) -> None:
         """Keep only the first `keep` cached positions (the accepted prefix)."""
@@ -109,3 +139,5 @@ class CachedCausalLM:
             raise ValueError(f"cannot roll back to {keep} positions: only {self.cached_length} are cached")
         if remove:
             self.cache.crop(-remove)
+        if self.features is not None:
+            self.features.keep(keep)

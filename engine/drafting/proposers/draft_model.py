@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.loading.causal_lm import CachedCausalLM
+from engine.loading.causal_lm import CachedCausalLM, FeatureTap
 from engine.drafting.policies import DraftStopRule
 from engine.events import StepFeedback
 from engine.sampling import SamplingConfig, check_finite, logits_to_probs, sample
@@ -33,7 +33,8 @@ class DraftModelProposer:
         self._context_length = 0
 
     def start(self, prompt_ids: list[int]) -> None:
-        self.lm = CachedCausalLM(self.model)
+        uses_hidden = self.stop_rule is not None and self.stop_rule.uses_hidden_state
+        self.lm = CachedCausalLM(self.model, FeatureTap() if uses_hidden else None)
 
     def propose(self, context: list[int], k: int, sampling: SamplingConfig, generator: torch.Generator) -> Proposal:
         assert self.lm is not None, "start() first"
@@ -74,10 +75,8 @@ class DraftModelProposer:
 
     def _forward(self, token_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The next-token logits [vocab] after token_ids, and the hidden state [hidden_size] if the stop rule uses it."""
-        if self.stop_rule is not None and self.stop_rule.uses_hidden_state:
-            logits, hidden = self.lm.forward_with_hidden(token_ids)
-            return logits[-1], hidden
-        return self.lm.forward(token_ids)[-1], None
+        logits = self.lm.forward(token_ids)[-1]
+        return logits, (self.lm.features.rows[-1] if self.lm.features is not None else None)
 
     def observe(self, feedback: StepFeedback) -> None:
         self.crop(self._context_length + feedback.num_accepted)

@@ -77,14 +77,15 @@ class LookupTreeProposer:
         return TreeProposal(tree, {"summary": summary, "candidates": len(found)})
 
 
-class FusedRetrievalTreeProposer:
-    """RASD: the drafter model's tree with the document's retrieved continuations merged into it."""
+class _FusedTree:
+    """A drafter's tree with copied continuations merged in; subclasses say where the copies come from."""
 
-    def __init__(self, model_tree: ModelTreeProposer, document_ids: list[int], k: int, max_candidates: int,
-                 min_match: int, max_match: int):
-        self.model_tree = model_tree
-        self.index = DocumentIndex(document_ids, min_match)
-        self.k, self.max_candidates, self.max_match = k, max_candidates, max_match
+    model_tree: ModelTreeProposer
+    k: int
+    copied = "retrieved"  # how the summary names the copies
+
+    def continuations(self, context: list[int], depth: int) -> list[tuple[int, ...]]:
+        raise NotImplementedError
 
     def start(self, prompt_ids: list[int]) -> None:
         self.model_tree.start(prompt_ids)
@@ -96,12 +97,39 @@ class FusedRetrievalTreeProposer:
                      generator: torch.Generator) -> TreeProposal:
         proposal = self.model_tree.propose_tree(context, max_depth, sampling, generator)
         model_nodes = len(proposal.tree) - 1
-        found = self.index.retrieve(context, min(self.k, max_depth), self.max_match, self.max_candidates) if max_depth > 0 else []
-        insert_paths(proposal.tree, [c.tokens for c in found], "retrieval")
+        found = self.continuations(context, min(self.k, max_depth)) if max_depth > 0 else []
+        insert_paths(proposal.tree, found, "retrieval")
         shared = sum(1 for s in proposal.tree.sources if s == "both")
         info: dict[str, Any] = dict(proposal.info)
-        info["summary"] = (f"{info.get('summary', '')}; {len(found)} retrieved continuation"
+        info["summary"] = (f"{info.get('summary', '')}; {len(found)} {self.copied} continuation"
                            f"{'s' if len(found) != 1 else ''} merged in ({shared} nodes shared with the model's tree, "
                            f"{len(proposal.tree) - 1 - model_nodes} added)")
         info["retrieved"] = len(found)
         return TreeProposal(proposal.tree, info)
+
+
+class FusedRetrievalTreeProposer(_FusedTree):
+    """RASD: the drafter model's tree with the document's retrieved continuations merged into it."""
+
+    def __init__(self, model_tree: ModelTreeProposer, document_ids: list[int], k: int, max_candidates: int,
+                 min_match: int, max_match: int):
+        self.model_tree = model_tree
+        self.index = DocumentIndex(document_ids, min_match)
+        self.k, self.max_candidates, self.max_match = k, max_candidates, max_match
+
+    def continuations(self, context: list[int], depth: int) -> list[tuple[int, ...]]:
+        return [c.tokens for c in self.index.retrieve(context, depth, self.max_match, self.max_candidates)]
+
+
+class FusedLookupTreeProposer(_FusedTree):
+    """Copy + model drafting in one tree: the drafter's tree with the context's own earlier continuations of its
+    suffix (prompt lookup's candidates) merged in; nodes both sources proposed are shared ("both")."""
+
+    copied = "looked-up"
+
+    def __init__(self, model_tree: ModelTreeProposer, k: int, max_candidates: int, max_ngram: int, min_ngram: int):
+        self.model_tree = model_tree
+        self.k, self.max_candidates, self.max_ngram, self.min_ngram = k, max_candidates, max_ngram, min_ngram
+
+    def continuations(self, context: list[int], depth: int) -> list[tuple[int, ...]]:
+        return ngram_continuations(context, depth, self.max_ngram, self.min_ngram, self.max_candidates)

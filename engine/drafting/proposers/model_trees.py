@@ -212,11 +212,24 @@ class SpecTrShape(_EveryNodeGrows):
         return f"SpecTr: {self.drafts} independent drafts merged on shared prefixes"
 
 
-class ModelTreeProposer:
-    """A drafter model grown into a tree, one level per drafter pass, by a `TreeShape`'s rules."""
+class LevelDrafter(Protocol):
+    """What grows a tree one level per pass: a drafter model (`TreeDrafter`) or a feature head
+    (engine.drafting.proposers.feature_heads)."""
 
-    def __init__(self, model: torch.nn.Module, shape: TreeShape):
-        self.drafter = TreeDrafter(model)
+    def start(self) -> None: ...
+
+    def root(self, context: list[int]) -> torch.Tensor:
+        """The drafter's logits after the context [vocab]."""
+
+    def expand(self, tree: DraftTree, nodes: list[int], region: dict[int, int]) -> torch.Tensor:
+        """The logits after each of `nodes` [len(nodes), vocab], fed in one pass."""
+
+
+class ModelTreeProposer:
+    """A drafter grown into a tree, one level per drafter pass, by a `TreeShape`'s rules."""
+
+    def __init__(self, drafter: LevelDrafter, shape: TreeShape):
+        self.drafter = drafter
         self.shape = shape
 
     def start(self, prompt_ids: list[int]) -> None:
