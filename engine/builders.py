@@ -377,7 +377,7 @@ def _rasd_tree(strategy: RasdTreeConfig, ctx: BuildContext) -> Decoder:
 def _hybrid_tree(strategy: HybridTreeConfig, ctx: BuildContext) -> Decoder:
     """The feature head's EAGLE-2 tree with the context's own earlier continuations (prompt lookup) merged in."""
     _check_tree_attention(strategy, ctx)
-    shape = DynamicShape(width=strategy.width, nodes=strategy.nodes, depth=strategy.depth)
+    shape = DynamicShape(width=strategy.width, nodes=strategy.nodes, depth=strategy.depth, floor=strategy.min_path_prob)
     model_tree = ModelTreeProposer(ctx.level_drafter(strategy.drafter, strategy.vocab_trim, shape.depth), shape)
     proposer = FusedLookupTreeProposer(model_tree, strategy.k, strategy.max_candidates, strategy.max_ngram,
                                        strategy.min_ngram)

@@ -475,10 +475,13 @@ class HybridTreeConfig(StrategyConfig):
 
     drafter: str = param("eagle", "the tree's model source: eagle or medusa (heads on the target's features), or any "
                                   "drafter model as in dynamic_tree", check=_same_tokenizer_drafter)
-    vocab_trim: int = _vocab_trim(8192)
+    # tuned on one prompt per category (docs/strategy-defaults.md#hybrid_tree)
+    vocab_trim: int = _vocab_trim(4096)
     depth: int = param(5, "drafter passes (the model tree's depth)", low=1, high=16)
-    width: int = param(3, "nodes expanded per depth, and children per expanded node (EAGLE-2's top-k)", low=1, high=8)
-    nodes: int = param(12, "model-tree nodes kept (highest path probability)", low=1, high=128)
+    width: int = param(2, "nodes expanded per depth, and children per expanded node (EAGLE-2's top-k)", low=1, high=8)
+    nodes: int = param(8, "model-tree nodes kept (highest path probability)", low=1, high=128)
+    min_path_prob: float = param(0.2, "model-tree nodes whose path probability is below this neither grow nor are "
+                                      "kept: an unsure head drafts less", low=0.0, high=1.0)
     k: int = param(8, "tokens per looked-up continuation", low=1, high=32)
     max_candidates: int = param(2, "looked-up continuations merged in (most recent first)", low=1, high=16)
     max_ngram: int = param(3, "longest suffix n-gram looked up", low=1, high=16)

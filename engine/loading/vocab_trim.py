@@ -37,7 +37,8 @@ class TrimmedHead(nn.Module):
     """An LM head computing only the rows of `keep_ids`; every other token gets `masked_logit`.
 
     weight: [V, H] the full head (copied rows only: the result owns [N, H]); keep_ids: [N] token ids.
-    forward(hidden [..., H]) -> logits [..., V].
+    forward(hidden [..., H]) -> logits [..., V]. The kept rows are an `nn.Linear` (`rows`), so a model's
+    kernel choice (engine.loading.linear_kernels.pack_linears) reaches them like any other layer.
     """
 
     def __init__(self, weight: torch.Tensor, keep_ids: torch.Tensor):
@@ -50,10 +51,15 @@ class TrimmedHead(nn.Module):
             raise ValueError(f"keep_ids must lie in [0, {vocab_size})")
         self.vocab_size = vocab_size
         self.register_buffer("keep_ids", keep_ids.clone())
-        self.weight = nn.Parameter(weight.detach()[keep_ids].clone(), requires_grad=False)  # [N, H]
+        self.rows = nn.Linear(weight.shape[1], keep_ids.numel(), bias=False)
+        self.rows.weight = nn.Parameter(weight.detach()[keep_ids].clone(), requires_grad=False)  # [N, H]
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.rows.weight
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        kept = nn.functional.linear(hidden, self.weight)  # [..., N]
+        kept = self.rows(hidden)  # [..., N]
         logits = kept.new_full((*kept.shape[:-1], self.vocab_size), masked_logit(kept.dtype))
         return logits.index_copy_(-1, self.keep_ids, kept)
 

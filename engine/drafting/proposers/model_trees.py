@@ -155,23 +155,29 @@ class StaticShape(_EveryNodeGrows):
 
 @dataclass(frozen=True)
 class DynamicShape:
-    """EAGLE-2: the `width` likeliest nodes of a level grow `width` children each; the best `nodes` are kept."""
+    """EAGLE-2: the `width` likeliest nodes of a level grow `width` children each; the best `nodes` are kept.
+
+    `floor` > 0: nodes whose path probability is below it neither grow nor are kept, so where the drafter is
+    unsure the tree shrinks (fewer drafter passes, a cheaper verification) instead of filling up with guesses.
+    """
 
     width: int
     nodes: int
     depth: int
+    floor: float = 0.0
 
     def children(self, node, q, d, sampling, generator, tree, draws) -> list[int]:
         return _top(q, self.width)
 
     def grows(self, level: list[int], path: dict[int, float]) -> list[int]:
-        return sorted(level, key=lambda n: -path[n])[: self.width]
+        return [n for n in sorted(level, key=lambda n: -path[n])[: self.width] if path[n] >= self.floor]
 
     def finish(self, tree: DraftTree, path: dict[int, float]) -> DraftTree:
-        return _keep_best(tree, path, self.nodes)
+        return _keep_best(tree, path, self.nodes, self.floor)
 
     def describe(self) -> str:
-        return f"EAGLE-2 dynamic tree: expand the top {self.width} by path probability, keep {self.nodes}"
+        kept = f"keep {self.nodes}" + (f" with path probability >= {self.floor:g}" if self.floor else "")
+        return f"EAGLE-2 dynamic tree: expand the top {self.width} by path probability, {kept}"
 
 
 @dataclass(frozen=True)
@@ -262,7 +268,9 @@ class ModelTreeProposer:
                     level.append(child)
             # 3. which of them grow next (EAGLE-2: only the likeliest paths); feed those, unless this is the last level
             frontier = self.shape.grows(level, path)
-            if d + 1 < depth and frontier:
+            if not frontier:
+                break
+            if d + 1 < depth:
                 logits = self.drafter.expand(tree, frontier, region)
                 passes += 1
         tree = self.shape.finish(tree, path)
@@ -274,9 +282,9 @@ class ModelTreeProposer:
                 "nodes": len(tree) - 1, "depth": max(depths), "drafter_passes": passes}
 
 
-def _keep_best(tree: DraftTree, path: dict[int, float], budget: int) -> DraftTree:
-    """The `budget` drafted nodes with the highest path probability, re-indexed parents first."""
-    ranked = sorted(range(1, len(tree)), key=lambda n: (-path[n], n))[:budget]
+def _keep_best(tree: DraftTree, path: dict[int, float], budget: int, floor: float = 0.0) -> DraftTree:
+    """The `budget` drafted nodes with the highest path probability (at least `floor`), re-indexed parents first."""
+    ranked = sorted((n for n in range(1, len(tree)) if path[n] >= floor), key=lambda n: (-path[n], n))[:budget]
     keep = sorted(ranked)  # parents have smaller indices and at least their children's path probability
     pruned = DraftTree.rooted_at(tree.tokens[0])
     new_index = {0: 0}
