@@ -155,7 +155,7 @@ def build_playground_tab(runner: Runner, store: RunStore, examples: list[SuitePr
             prompt = gr.Textbox(label="Prompt", lines=4, max_lines=12, elem_id="prompt",
                                 placeholder="Ask the model something, or pick an example below")
             example = build_example_picker(examples, elem_id="example")
-            strategy = build_strategy_controls("", "Strategy", "prompt_lookup")
+            strategy = build_strategy_controls("", "Strategy", "hybrid_tree")  # the fastest lossless strategy measured (README)
             with gr.Accordion("Sampling", open=True):
                 sampling = build_sampling_controls("")
             max_new = build_max_new_tokens("max-new-tokens")
