@@ -191,7 +191,7 @@ def train_module(module: nn.Module, kind: str, steps: int, loss_fn, train: list[
         loss.backward()
         torch.nn.utils.clip_grad_norm_(own, 1.0)
         optimizer.step()
-        recent = (recent + [(float(loss), agree)])[-50:]
+        recent = (recent + [(float(loss.detach()), agree)])[-50:]
         bar.update()
         bar.set_postfix(loss=f"{sum(r[0] for r in recent) / len(recent):.3f}",
                         agree=f"{sum(r[1] for r in recent) / len(recent):.3f}")
