@@ -200,7 +200,7 @@ def test_the_drafter_hands_its_final_hidden_state_to_rules_that_use_it(tiny_targ
     for position, hidden in recorder.seen:
         assert hidden.shape == (tiny_target.model.config.hidden_size,)
         torch.testing.assert_close(hidden, final[len(context) - 1 + position], atol=1e-4, rtol=1e-4)
-    # rules that do not use it get None (and the drafter skips collecting it)
+    # rules that do not use it get None (whether the drafter collects it at all is decided when a run starts)
     recorder.uses_hidden_state, recorder.seen = False, []
     proposer.crop(len(context) - 1)  # as after a verdict: the last context token is new to the drafter
     proposer.propose(context, 2, SamplingConfig(), torch.Generator())

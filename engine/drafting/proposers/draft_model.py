@@ -76,7 +76,8 @@ class DraftModelProposer:
     def _forward(self, token_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The next-token logits [vocab] after token_ids, and the hidden state [hidden_size] if the stop rule uses it."""
         logits = self.lm.forward(token_ids)[-1]
-        return logits, (self.lm.features.rows[-1] if self.lm.features is not None else None)
+        uses_hidden = self.stop_rule is not None and self.stop_rule.uses_hidden_state
+        return logits, (self.lm.features.rows[-1] if uses_hidden and self.lm.features is not None else None)
 
     def observe(self, feedback: StepFeedback) -> None:
         self.crop(self._context_length + feedback.num_accepted)
