@@ -87,10 +87,11 @@ def test_unfinished_run_keeps_its_steps(tmp_path):
     run_id = start(store)
     store.log_step(run_id, make_event(0), first_seq=0)
     store.log_step(run_id, make_event(1), first_seq=2)
-    store.close()  # the process "dies" without finish_run
+    store.close()  # the store goes away without finish_run
     reopened = RunStore(path)
     run = reopened.get_run(run_id)
-    assert run["finished"] == 0 and run["status"] == "running"
+    # its owner (this process) is alive: it stays running (tests/test_crash_recovery.py kills real owners)
+    assert run["finished"] == 0 and run["status"] == "running" and reopened.recovered == []
     assert len(reopened.load_events(run_id)) == 2
 
 
@@ -248,7 +249,7 @@ def test_lattice_round_trips_verbatim(tmp_path):
     replayed = store.load_events(run_id)
     assert replayed == events
     assert replayed[1].lattice[1].path_rank is None and replayed[1].lattice[3].path_token_id is None
-    assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
     chain_lattice, lattice_json = [r[0] for r in store.db.execute("SELECT lattice FROM steps ORDER BY step_index")]
     assert chain_lattice is None
     columns = json.loads(lattice_json)
@@ -270,7 +271,7 @@ def test_v5_log_gains_the_lattice_column(tmp_path):
     old.close()
     store = RunStore(path)
     assert "lattice" in store.db["steps"].columns_dict
-    assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
     assert store.load_events(run_id) == [_tree_event(0)]  # old steps replay without a lattice
     store.log_step(run_id, _lattice_event(1), first_seq=2)
     assert store.load_events(run_id)[1].lattice == _lattice_event(1).lattice
