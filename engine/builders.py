@@ -265,7 +265,7 @@ def _cross_vocab(strategy: CrossVocabConfig, ctx: BuildContext) -> Decoder:
             "cross-vocabulary drafting is greedy-only here: its drafter has no probabilities over the target's "
             "vocabulary, so sampled drafts could not be verified losslessly; use temperature 0",
         )
-    drafter = ctx.models.get(strategy.drafter, progress=ctx.progress)
+    drafter = ctx.models.get(strategy.drafter, progress=ctx.progress, device=ctx.target.device)  # beside the target
     if drafter.tokenizer is None:
         raise ConfigError("drafter", f"{strategy.drafter!r} has no tokenizer of its own")
     proposer = CrossVocabProposer(drafter.model, drafter.tokenizer, ctx.target.tokenizer)

@@ -57,12 +57,14 @@ from engine import (
     run_to_completion,
 )
 from engine.api import RunResult
+from engine.devices import model_device, resolve_device, synchronize
 from engine.errors import ConfigError
 from engine.metrics import worker_time
 from engine.analysis.oracle import oracle_report
 from engine.strategies import STRATEGIES
 
 from .prompts import by_category, load_prompt_suite
+from .runner import check_output_file
 
 
 @dataclass
@@ -212,10 +214,11 @@ class Reference:
 
     def __call__(self, model: torch.nn.Module, ids: list[int], max_new_tokens: int) -> tuple[list[int], float]:
         """The generated token ids (prompt excluded) and the wall time of the generate() call."""
-        x = torch.tensor([ids])
+        x = torch.tensor([ids], device=model_device(model))
         with torch.inference_mode():
             start = time.perf_counter()
             out = model.generate(x, max_new_tokens=max_new_tokens, min_new_tokens=0, do_sample=False, **self.options)
+            synchronize(x.device)
             seconds = time.perf_counter() - start
         return out[0, len(ids):].tolist(), seconds
 
@@ -426,10 +429,11 @@ def time_generate(model: torch.nn.Module, ids: list[int], max_new_tokens: int, s
     kwargs = {"do_sample": False} if sampling.greedy else {
         "do_sample": True, "temperature": sampling.temperature, "top_k": sampling.top_k or None,
         "top_p": sampling.top_p}
-    x = torch.tensor([ids])
+    x = torch.tensor([ids], device=model_device(model))
     with torch.inference_mode():
         start = time.perf_counter()
         model.generate(x, max_new_tokens=max_new_tokens, min_new_tokens=0, **kwargs)
+        synchronize(x.device)
         return time.perf_counter() - start
 
 
@@ -529,7 +533,7 @@ def logging_overhead(args: argparse.Namespace, models: ModelCache, repeats: int 
                               encode_prompt(target.tokenizer, prompt.prompt), n)
             bare.append(time.perf_counter() - start)
             start = time.perf_counter()
-            for _update in runner.stream(runner.prepare(RunRequest(prompt.prompt, strategy, max_new_tokens=n))):
+            for _update in runner.stream(runner.prepare(RunRequest(prompt.prompt, strategy, max_new_tokens=n, device=models.device))):
                 pass
             logged.append(time.perf_counter() - start)
     row = {"prompt": prompt.id, "bare_s": min(bare), "logged_s": min(logged),
@@ -595,6 +599,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--target", default=EMBEDDED_DEFAULT)
+    parser.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N",
+                        help="where the models run (default auto: CUDA when this machine has it, else the CPU)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     parser.add_argument("--reference", action="store_true", help="also compare with transformers generate()/assisted generation")
     parser.add_argument("--reference-k", type=int, default=4,
@@ -610,6 +616,11 @@ def main(argv: list[str] | None = None) -> int:
                              "calibration's choice")
     parser.add_argument("--out", help="write rows and summaries to this JSON file")
     args = parser.parse_args(argv)
+    if args.out:
+        try:
+            check_output_file(args.out, "--out")  # now, not after the whole benchmark
+        except ConfigError as exc:
+            parser.error(str(exc))
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
     if args.hf_lookup_tokens < 1 or args.reference_k < 1:
@@ -619,9 +630,15 @@ def main(argv: list[str] | None = None) -> int:
             parse_selection(args.strategies)  # before loading any model
         except ConfigError as exc:
             parser.error(f"--strategies: {exc}")
+    try:
+        device = resolve_device(args.device, "--device")
+    except ConfigError as exc:
+        parser.error(str(exc))
+    if args.kernels and device != "cpu":
+        parser.error("--kernels times the CPU kernels: use it with --device cpu")
     if args.threads:
         torch.set_num_threads(args.threads)
-    models = ModelCache()
+    models = ModelCache(device=device)
     if args.kernels:
         print("median ms of one forward over M new tokens after 200 cached\n")
         print(kernel_markdown(kernel_table(args, models)))

@@ -30,7 +30,8 @@ from torch import nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from engine.errors import ConfigError, ModelLoadError
+from engine.devices import model_device
+from engine.errors import ConfigError, ModelLoadError, shown_path
 from engine.loading.models import LoadedModel, meta_causal_lm
 from engine.loading.trained_drafters import check_target, drafters_dir
 from engine.loading.vocab_trim import FREQUENCY_FILE, TrimmedHead, kept_ids, load_frequency_order, masked_logit
@@ -98,7 +99,7 @@ def block_attention_mask(key_mask: torch.Tensor, dtype: torch.dtype) -> torch.Te
          [min, 0, 0]]
     """
     blocked = ~key_mask[:, None, None, :]  # [B, 1, 1, T]
-    mask = torch.zeros(key_mask.shape[0], 1, key_mask.shape[1], key_mask.shape[1], dtype=dtype)
+    mask = torch.zeros(key_mask.shape[0], 1, key_mask.shape[1], key_mask.shape[1], dtype=dtype, device=key_mask.device)
     return mask.masked_fill(blocked, torch.finfo(dtype).min)
 
 
@@ -127,7 +128,7 @@ class MaskedDiffusionDrafter(nn.Module):
         self.layers = template.layers
         self.norm = template.norm
         self.mask_embedding = nn.Parameter(torch.empty(target.model.config.hidden_size, device="meta"))
-        self.to_empty(device="cpu")
+        self.to_empty(device=model_device(target.model))  # its own tensors sit beside the target's
         self.eval()
         self.requires_grad_(False)
 
@@ -141,7 +142,8 @@ class MaskedDiffusionDrafter(nn.Module):
         batch, width = context_ids.shape
         masks = self.mask_embedding.expand(batch, block, -1)  # [B, L, H]
         hidden = torch.cat([self.shared.embed(context_ids), masks], dim=1)  # [B, C + L, H]
-        keys = torch.cat([key_mask, torch.ones(batch, block, dtype=torch.bool)], dim=1)  # [B, C + L]
+        real = torch.ones(batch, block, dtype=torch.bool, device=key_mask.device)
+        keys = torch.cat([key_mask, real], dim=1)  # [B, C + L]
         positions = (keys.long().cumsum(-1) - 1).clamp(min=0)  # [B, C + L]
         layer_kwargs = {
             "attention_mask": block_attention_mask(keys, hidden.dtype),
@@ -163,9 +165,10 @@ class MaskedDiffusionDrafter(nn.Module):
             raise ConfigError("length", f"this diffusion drafter drafts 1 to {self.config.block} tokens, got {length}")
         if not context:
             raise ConfigError("context", "the diffusion drafter needs at least one context token")
-        ids = torch.tensor([context[-self.config.context:]], dtype=torch.long)  # [1, C]
+        device = self.mask_embedding.device
+        ids = torch.tensor([context[-self.config.context:]], dtype=torch.long, device=device)  # [1, C]
         hidden = self.hidden(ids, torch.ones_like(ids, dtype=torch.bool))  # [1, L, H]
-        return self.shared.head(hidden[0, :length]).float()
+        return self.shared.head(hidden[0, :length]).float().cpu()  # sampling and the lattice work on the CPU
 
 
 def _decoder_layers(target: LoadedModel) -> nn.ModuleList:
@@ -226,14 +229,17 @@ def read_diffusion_config(folder: Path | str) -> dict:
     path = Path(folder) / f"{DIFFUSION}.json"
     if not path.is_file():
         raise ModelLoadError(
-            f"no diffusion drafter in {folder}; train one with `specviz train-diffusion --out {folder}`"
+            f"no diffusion drafter in {shown_path(folder)}; train one with "
+            f"`specviz train-diffusion --out {shown_path(folder)}`"
         )
     try:
         config = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"unreadable diffusion drafter config {path}: {exc}") from None
+        raise ModelLoadError(f"unreadable diffusion drafter config {shown_path(path)}: "
+                             f"{getattr(exc, 'strerror', None) or exc}") from None
     if config.get("format") != DIFFUSION_FORMAT:
-        raise ModelLoadError(f"{path} has format {config.get('format')!r}; this version reads format {DIFFUSION_FORMAT}")
+        raise ModelLoadError(f"{shown_path(path)} has format {config.get('format')!r}; this version reads format "
+                             f"{DIFFUSION_FORMAT}")
     return config
 
 
@@ -255,14 +261,16 @@ def load_diffusion_drafter(target: LoadedModel, folder: Path | str | None = None
             int(config["context"]), int(config["block"]), tuple(int(i) for i in config["source_layers"])))
         state = load_file(str(folder / f"{DIFFUSION}.safetensors"))
     except (KeyError, ValueError, OSError, SafetensorError) as exc:
-        raise ModelLoadError(f"unreadable diffusion drafter in {folder}: {exc}") from None
+        raise ModelLoadError(f"unreadable diffusion drafter in {shown_path(folder)}: "
+                             f"{getattr(exc, 'strerror', None) or exc}") from None
     expected = drafter.state_dict()
     if set(state) != set(expected):
         missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-        raise ModelLoadError(f"diffusion drafter weights in {folder} do not fit (missing {missing[:3]}, unexpected {extra[:3]})")
+        raise ModelLoadError(f"diffusion drafter weights in {shown_path(folder)} do not fit (missing {missing[:3]}, "
+                             f"unexpected {extra[:3]})")
     wrong = [k for k, v in state.items() if v.shape != expected[k].shape]
     if wrong:
-        raise ModelLoadError(f"diffusion drafter tensor {wrong[0]} in {folder} has shape "
+        raise ModelLoadError(f"diffusion drafter tensor {wrong[0]} in {shown_path(folder)} has shape "
                              f"{tuple(state[wrong[0]].shape)}, expected {tuple(expected[wrong[0]].shape)}")
     with torch.no_grad():
         for key, tensor in expected.items():
@@ -270,7 +278,8 @@ def load_diffusion_drafter(target: LoadedModel, folder: Path | str | None = None
     if vocab_trim:
         frequency = folder / FREQUENCY_FILE
         if not frequency.is_file():
-            raise ModelLoadError(f"vocab_trim needs the target's token-frequency table ({frequency}); use vocab_trim=0")
+            raise ModelLoadError(f"vocab_trim needs the target's token-frequency table ({shown_path(frequency)}); use "
+                                 "vocab_trim=0")
         keep = kept_ids(load_frequency_order(frequency), vocab_trim)
         drafter.shared = replace(drafter.shared, head=TrimmedHead(drafter.shared.head.weight, keep))
     return drafter
@@ -334,10 +343,11 @@ class HubDiffusionDrafter:
         if length < 1 or not context:
             raise ConfigError("length", "need length >= 1 and at least one context token")
         kept = context[-self.context:]
-        ids = torch.tensor([kept + [self.mask_token_id] * length], dtype=torch.long)  # [1, C + length]
+        ids = torch.tensor([kept + [self.mask_token_id] * length], dtype=torch.long,
+                           device=model_device(self.model))  # [1, C + length]
         logits = self.model(input_ids=ids).logits[0]  # [C + length, V']
         first = len(kept) - 1 if self.shifted else len(kept)
-        logits = logits[first : first + length, : self.vocab_size].float()  # [length, V_target]
+        logits = logits[first : first + length, : self.vocab_size].float().cpu()  # [length, V_target], on the CPU
         if self.mask_token_id < self.vocab_size:  # a mask id among the target's (padding) rows: never draft it
             logits[:, self.mask_token_id] = masked_logit(logits.dtype)
         return logits

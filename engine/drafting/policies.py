@@ -264,7 +264,7 @@ class HiddenStateProjection:
     components: torch.Tensor  # [n_components, hidden_size]
 
     def __call__(self, hidden: torch.Tensor) -> list[float]:  # hidden: [hidden_size]
-        return (self.components @ (hidden.double() - self.mean)).tolist()
+        return (self.components @ (hidden.double().to(self.mean.device) - self.mean)).tolist()  # a GPU drafter's state too
 
     @property
     def names(self) -> tuple[str, ...]:

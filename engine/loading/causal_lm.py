@@ -7,12 +7,18 @@ sequence the caller is building; `rollback(n)` keeps the first n cached position
 With a `FeatureTap` it also keeps the model's final hidden state at every cached position (taken from
 the same forward pass, so at no extra cost), cropped and compacted with the cache: what a target
 hands to the feature-level draft heads (engine.drafting.proposers.feature_heads).
+
+Devices: the inputs go to the model's device (`engine.devices.model_device`); the logits come back on the
+CPU, where sampling and verification run; the features stay on the model's device, for the draft heads
+beside it.
 """
 
 from __future__ import annotations
 
 import torch
 from transformers import DynamicCache
+
+from engine.devices import model_device
 
 
 class FeatureTap:
@@ -43,6 +49,7 @@ class FeatureTap:
 class CachedCausalLM:
     def __init__(self, model: torch.nn.Module, features: FeatureTap | None = None):
         self.model = model
+        self.device = model_device(model)  # where its inputs go
         self.cache = DynamicCache(config=model.config)
         self.forward_passes = 0
         self._region_parents: list[int] = []  # the tree region after the prefix (see forward_tree)
@@ -61,13 +68,13 @@ class CachedCausalLM:
         Returns [keep_logits, vocab]: row i scores the token that follows
         token_ids[len(token_ids) - keep_logits + i]. `inputs`: extra model inputs (a draft head's features).
         """
-        input_ids = torch.tensor([token_ids], dtype=torch.long)
+        input_ids = torch.tensor([token_ids], dtype=torch.long, device=self.device)
         out = self.model(input_ids=input_ids, cache=self.cache, use_cache=True, logits_to_keep=keep_logits,
                          output_hidden_states=self.features is not None, **inputs)
         self.forward_passes += 1
         if self.features is not None:
             self.features.append(out.hidden_states[-1][0])
-        return out.logits[0]
+        return out.logits[0].cpu()  # the same tensor on the CPU
 
     @torch.inference_mode()
     def forward_tree(self, token_ids: list[int], parents: list[int], prefix_length: int | None = None,
@@ -103,9 +110,10 @@ class CachedCausalLM:
         mask = torch.zeros(1, 1, n, cached + n, dtype=dtype)  # additive: 0 attends, min blocks
         mask[0, 0, :, prefix_length:].masked_fill_(~ancestors[first:], torch.finfo(dtype).min)
         out = self.model(
-            input_ids=torch.tensor([token_ids], dtype=torch.long),
-            attention_mask=mask,
-            position_ids=torch.tensor([[prefix_length + d for d in depth[first:]]], dtype=torch.long),
+            input_ids=torch.tensor([token_ids], dtype=torch.long, device=self.device),
+            attention_mask=mask.to(self.device),  # built on the CPU (a Python loop above), moved once
+            position_ids=torch.tensor([[prefix_length + d for d in depth[first:]]], dtype=torch.long,
+                                      device=self.device),
             cache=self.cache,
             use_cache=True,
             logits_to_keep=n,
@@ -116,7 +124,7 @@ class CachedCausalLM:
         self._region_parents = region
         if self.features is not None:
             self.features.append(out.hidden_states[-1][0])
-        return out.logits[0]
+        return out.logits[0].cpu()
 
     def keep_positions(self, positions: list[int]) -> None:
         """Keep only the listed cached positions (ascending), in that order: the accepted path of a tree."""
@@ -126,10 +134,11 @@ class CachedCausalLM:
             if type(layer).__name__ != "DynamicLayer":
                 raise NotImplementedError(f"tree verification needs full-attention caches, not {type(layer).__name__}")
             if layer.is_initialized and layer.keys.numel():
-                layer.keys = layer.keys.index_select(-2, index)
-                layer.values = layer.values.index_select(-2, index)
+                at = index.to(layer.keys.device)  # each layer's cache sits with its layer (split models)
+                layer.keys = layer.keys.index_select(-2, at)
+                layer.values = layer.values.index_select(-2, at)
         if self.features is not None:
-            self.features.keep(index)
+            self.features.keep(index.to(self.features.rows.device))
 
     def rollback(self, keep: int) -> None:
         """Keep only the first `keep` cached positions (the accepted prefix)."""

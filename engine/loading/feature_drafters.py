@@ -27,7 +27,8 @@ import torch
 from torch import nn
 from safetensors.torch import load_file, save_file
 
-from engine.errors import ModelLoadError
+from engine.devices import model_device, uses_cpu_kernels
+from engine.errors import ModelLoadError, shown_path
 from engine.loading.linear_kernels import KernelCalibration, pack_linears
 from engine.loading.models import LoadedModel, default_cache_dir, meta_causal_lm
 from engine.loading.vocab_trim import FREQUENCY_FILE, TrimmedHead, kept_ids, load_frequency_order
@@ -67,12 +68,13 @@ class EagleHead(nn.Module):
         super().__init__()
         embed, rotary, head = _target_parts(target)
         hidden = target.model.config.hidden_size
+        device = model_device(target.model)  # its own modules sit beside the target's
         self.config = target.model.config
-        self.fc = nn.Linear(2 * hidden, hidden, bias=True)
+        self.fc = nn.Linear(2 * hidden, hidden, bias=True, device=device)
         body = meta_causal_lm(target, 1).model  # one decoder layer of the target's class, with its norm
         body.embed_tokens, body.rotary_emb = embed, rotary
-        body.layers.to_empty(device="cpu")
-        body.norm.to_empty(device="cpu")
+        body.layers.to_empty(device=device)
+        body.norm.to_empty(device=device)
         self.body = body
         self.lm_head = head
         self._shared = {"body.embed_tokens", "body.rotary_emb", "lm_head"}
@@ -113,7 +115,8 @@ class MedusaHeads(nn.Module):
         super().__init__()
         _, _, head = _target_parts(target)
         hidden = target.model.config.hidden_size
-        self.blocks = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(heads))
+        device = model_device(target.model)
+        self.blocks = nn.ModuleList(nn.Linear(hidden, hidden, device=device) for _ in range(heads))
         self.lm_head = head
 
     @property
@@ -153,7 +156,7 @@ def read_head_config(folder: Path, kind: str, target: LoadedModel) -> dict:
     path = folder / f"{kind}.json"
     if not path.is_file():
         raise ModelLoadError(f"no trained {kind} head for target {target.name!r} "
-                             f"(train one with `specviz train-heads --out {folder}`)")
+                             f"(train one with `specviz train-heads --out {shown_path(folder)}`)")
     config = json.loads(path.read_text())
     if config.get("format") != FORMAT_VERSION:
         raise ModelLoadError(f"the {kind} head has format {config.get('format')!r}; this version reads {FORMAT_VERSION}")
@@ -167,7 +170,7 @@ def read_head_config(folder: Path, kind: str, target: LoadedModel) -> dict:
 def load_feature_drafter(target: LoadedModel, kind: str, folder: Path, vocab_trim: int = 0,
                          packed: bool = False) -> EagleHead | MedusaHeads:
     """The trained `kind` ("eagle" | "medusa") head for `target` from `folder`, in eval mode, VocabTrim'd if asked;
-    `packed`: its own linear layers on the kernels this machine's calibration chose (as the target's)."""
+    `packed`: its own linear layers on the kernels this machine's calibration chose (as the target's; CPU only)."""
     if kind not in FEATURE_DRAFTERS:
         raise ModelLoadError(f"unknown feature drafter {kind!r}: use one of {', '.join(FEATURE_DRAFTERS)}")
     config = read_head_config(folder, kind, target)
@@ -184,6 +187,6 @@ def load_feature_drafter(target: LoadedModel, kind: str, folder: Path, vocab_tri
         module.lm_head = TrimmedHead(target.model.get_output_embeddings().weight,
                                      kept_ids(load_frequency_order(folder / FREQUENCY_FILE), vocab_trim))
     module.eval().requires_grad_(False)
-    if packed:
+    if packed and uses_cpu_kernels(model_device(target.model)):
         pack_linears(module, KernelCalibration(default_cache_dir() / "kernel-calibration.json"))
     return module

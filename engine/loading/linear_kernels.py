@@ -281,3 +281,19 @@ def pack_linears(model: nn.Module, calibration: KernelCalibration | None = None)
         calibration.register(child.weight)
         setattr(parent, name, PackedLinear(child, calibration))
     return len(swaps)
+
+
+def unpack_linears(model: nn.Module) -> int:
+    """Undo `pack_linears` in place: every `PackedLinear` back to an `nn.Linear` with the same Parameters (for a
+    model leaving the CPU, where the packed kernel never serves); returns how many were swapped."""
+    swaps = [
+        (parent, name, child)
+        for parent in model.modules()
+        for name, child in parent.named_children()
+        if isinstance(child, PackedLinear)
+    ]
+    for parent, name, child in swaps:
+        linear = nn.Linear(child.in_features, child.out_features, bias=child.bias is not None, device="meta")
+        linear.weight, linear.bias = child.weight, child.bias
+        setattr(parent, name, linear)
+    return len(swaps)

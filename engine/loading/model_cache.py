@@ -11,6 +11,7 @@ import threading
 from collections import OrderedDict
 from typing import Callable
 
+from engine.devices import CPU, resolve_device
 from engine.errors import ModelLoadError
 from engine.loading.models import (
     EMBEDDED_DEFAULT,
@@ -27,32 +28,44 @@ from engine.strategies import EARLY_EXIT_PREFIX
 class ModelCache:
     """A bounded LRU of loaded models, shared across UI sessions and runs (thread-safe).
 
-    Keys are model specs; early-exit drafters are keyed by target and layer count and share the
-    target's weights, so they cost almost nothing.
+    Keys are (model spec, device): the same model on two devices is two entries. Early-exit drafters
+    are built from the target and layer count and share the target's weights, so they cost almost nothing.
+
+    device: where `get` loads models when the caller names no device (a device choice, see
+    engine.devices.resolve_device; default the CPU). A loader is called with `device=` (resolved) only for other
+    devices, so a loader that knows nothing of devices serves the CPU as before.
     """
 
-    def __init__(self, max_models: int = 2, loader: Callable[..., LoadedModel] = load_model):
+    def __init__(self, max_models: int = 2, loader: Callable[..., LoadedModel] = load_model, device: str = CPU):
         self.max_models = max_models
         self._loader = loader
-        self._models: OrderedDict[str, LoadedModel] = OrderedDict()
+        self.device = device
+        self._models: OrderedDict[tuple[str, str], LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
-        self._loading: dict[str, threading.Lock] = {}
+        self._loading: dict[tuple[str, str], threading.Lock] = {}
 
-    def get(self, spec: str, progress: ProgressFn | None = None) -> LoadedModel:
+    def get(self, spec: str, progress: ProgressFn | None = None, device: str | None = None) -> LoadedModel:
+        """The model `spec` loaded for `device` (a device choice; None: the cache's own), loading it if needed.
+        ConfigError for a device this machine lacks."""
         spec = (spec or EMBEDDED_DEFAULT).strip() or EMBEDDED_DEFAULT
+        device = resolve_device(device or self.device)  # "cuda" and "cuda:0" on a one-GPU machine: one entry
+        key = (spec, device)
         with self._lock:
-            if spec in self._models:
-                self._models.move_to_end(spec)
-                return self._models[spec]
-            key_lock = self._loading.setdefault(spec, threading.Lock())
-        with key_lock:  # one load per spec even when several sessions ask at once
+            if key in self._models:
+                self._models.move_to_end(key)
+                return self._models[key]
+            key_lock = self._loading.setdefault(key, threading.Lock())
+        with key_lock:  # one load per spec and device even when several sessions ask at once
             with self._lock:
-                if spec in self._models:
-                    return self._models[spec]
-            loaded = self._loader(spec, progress=progress)
+                if key in self._models:
+                    return self._models[key]
+            if device == CPU:
+                loaded = self._loader(spec, progress=progress)
+            else:
+                loaded = self._loader(spec, progress=progress, device=device)
             with self._lock:
-                self._models[spec] = loaded
-                self._models.move_to_end(spec)
+                self._models[key] = loaded
+                self._models.move_to_end(key)
                 while len(self._models) > self.max_models:
                     self._models.popitem(last=False)
             return loaded
@@ -75,7 +88,7 @@ class ModelCache:
             raise ModelLoadError(
                 f"vocab_trim works with early-exit, distilled and kangaroo drafters, not with {spec!r}; use vocab_trim=0"
             )
-        drafter = self.get(spec, progress=progress)
+        drafter = self.get(spec, progress=progress, device=target.device)  # beside its target
         check_same_tokenizer(target, drafter)
         return drafter
 

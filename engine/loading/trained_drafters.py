@@ -35,7 +35,8 @@ from torch import nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from engine.errors import ModelLoadError
+from engine.devices import model_device
+from engine.errors import ModelLoadError, shown_path
 from engine.drafting.policies import HiddenStateProjection, TrainedPredictor
 from engine.loading.models import EMBEDDED_DEFAULT, LoadedModel, meta_causal_lm
 from engine.loading.vocab_trim import FREQUENCY_FILE, TrimmedHead, kept_ids, load_frequency_order
@@ -98,8 +99,8 @@ def assemble(target: LoadedModel, num_layers: int, shared_layers: int) -> nn.Mod
     """A causal LM of the target's class with `num_layers` decoder layers.
 
     Layers [0, shared_layers) and every module but the final norm are the target's own (shared);
-    layers [shared_layers, num_layers) and the final norm are new, uninitialised (float32) modules.
-    Fill them with `init_from_target` or `load_own_state`.
+    layers [shared_layers, num_layers) and the final norm are new, uninitialised (float32) modules on the target's
+    device. Fill them with `init_from_target` or `load_own_state`.
     """
     inner = target.model.model
     drafter = meta_causal_lm(target, num_layers)
@@ -114,7 +115,7 @@ def assemble(target: LoadedModel, num_layers: int, shared_layers: int) -> nn.Mod
             setattr(drafter, name, child)
     # 2. give the new modules real (uninitialised) storage
     for module in own_modules(drafter, shared_layers).values():
-        module.to_empty(device="cpu")
+        module.to_empty(device=model_device(target.model))
     leftovers = [n for n, t in list(drafter.named_parameters()) + list(drafter.named_buffers()) if t.is_meta]
     if leftovers:
         raise ModelLoadError(f"could not build the drafter; unfilled tensors: {', '.join(leftovers[:5])}")
@@ -199,11 +200,12 @@ def read_config(folder: Path, kind: str) -> dict:
     path = Path(folder) / f"{kind}.json"
     if not path.is_file():
         raise ModelLoadError(
-            f"no trained {kind} drafter in {folder}; train one with `specviz train-drafter --kind {kind} --out {folder}`"
+            f"no trained {kind} drafter in {shown_path(folder)}; train one with "
+            f"`specviz train-drafter --kind {kind} --out {shown_path(folder)}`"
         )
     config = json.loads(path.read_text())
     if config.get("format") != FORMAT_VERSION:
-        raise ModelLoadError(f"{path} has format {config.get('format')!r}; this version reads format {FORMAT_VERSION}")
+        raise ModelLoadError(f"{shown_path(path)} has format {config.get('format')!r}; this version reads format {FORMAT_VERSION}")
     return config
 
 
@@ -227,7 +229,7 @@ def check_target(config: dict, target: LoadedModel, folder: Path) -> None:
     wrong = {k: (config.get(k), v) for k, v in shape.items() if config.get(k) != v}
     if wrong:
         details = ", ".join(f"{k} {saved} vs target {actual}" for k, (saved, actual) in wrong.items())
-        raise ModelLoadError(f"the trained drafter in {folder} was made for another target ({details})")
+        raise ModelLoadError(f"the trained drafter in {shown_path(folder)} was made for another target ({details})")
 
 
 def trained_drafter_name(spec: str, vocab_trim: int = 0) -> str:
@@ -247,8 +249,8 @@ def load_trained_drafter(target: LoadedModel, spec: str, vocab_trim: int = 0, fo
     folder = Path(folder) if folder is not None else drafters_dir(target.name)
     if not folder.is_dir():
         raise ModelLoadError(
-            f"no trained drafters for target {target.name!r}: {folder} does not exist "
-            f"(train them with `specviz train-drafter --out {folder}`)"
+            f"no trained drafters for target {target.name!r}: {shown_path(folder)} does not exist "
+            f"(train them with `specviz train-drafter --out {shown_path(folder)}`)"
         )
     config = read_config(folder, parsed.kind)
     check_target(config, target, folder)
@@ -263,7 +265,7 @@ def load_trained_drafter(target: LoadedModel, spec: str, vocab_trim: int = 0, fo
         exits = [int(e) for e in config["exit_layers"]]
         if parsed.exit_layer not in exits:
             raise ModelLoadError(
-                f"no Kangaroo adapter for exit layer {parsed.exit_layer} in {folder}; trained exit layers: "
+                f"no Kangaroo adapter for exit layer {parsed.exit_layer} in {shown_path(folder)}; trained exit layers: "
                 f"{', '.join(map(str, exits))}"
             )
         shared, drafter = parsed.exit_layer, assemble(target, parsed.exit_layer + 1, parsed.exit_layer)
@@ -272,7 +274,7 @@ def load_trained_drafter(target: LoadedModel, spec: str, vocab_trim: int = 0, fo
     load_own_state(drafter, shared, state)
     if keep is not None:
         trim_head(target, drafter, keep)
-    return LoadedModel(trained_drafter_name(str(parsed), vocab_trim), drafter, None)
+    return LoadedModel(trained_drafter_name(str(parsed), vocab_trim), drafter, None, target.device)
 
 
 def trim_to_frequent(target: LoadedModel, drafter: LoadedModel, vocab_trim: int, folder: Path) -> LoadedModel:
@@ -282,9 +284,10 @@ def trim_to_frequent(target: LoadedModel, drafter: LoadedModel, vocab_trim: int,
     """
     path = Path(folder) / FREQUENCY_FILE
     if not path.is_file():
-        raise ModelLoadError(f"vocab_trim needs the target's token-frequency table ({path}); train drafters first or use 0")
+        raise ModelLoadError(f"vocab_trim needs the target's token-frequency table ({shown_path(path)}); train drafters "
+                             "first or use 0")
     trim_head(target, drafter.model, kept_ids(load_frequency_order(path), vocab_trim))
-    return LoadedModel(trained_drafter_name(drafter.name, vocab_trim), drafter.model, None)
+    return LoadedModel(trained_drafter_name(drafter.name, vocab_trim), drafter.model, None, target.device)
 
 
 def kangaroo_agreement(target: LoadedModel, folder: Path | str | None = None) -> dict[int, float]:
@@ -329,5 +332,6 @@ def load_acceptance_predictor(target_name: str, drafter: str, vocab_trim: int,
             tensors = load_file(str(folder / PROJECTION_FILE))
             projection = HiddenStateProjection(tensors[f"{key}.mean"].double(), tensors[f"{key}.components"].double())
     except (OSError, ValueError, KeyError, SafetensorError) as exc:
-        raise ModelLoadError(f"unreadable acceptance predictor for {key} in {folder}: {exc}") from None
+        raise ModelLoadError(f"unreadable acceptance predictor for {key} in {shown_path(folder)}: "
+                             f"{getattr(exc, 'strerror', None) or type(exc).__name__}") from None
     return TrainedPredictor(tuple(float(w) for w in entry["weights"]), projection)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from engine.errors import ModelLoadError
+from engine.errors import ModelLoadError, shown_path
 
 FREQUENCY_FILE = "token_frequency.safetensors"
 
@@ -50,7 +50,7 @@ class TrimmedHead(nn.Module):
         if int(keep_ids.min()) < 0 or int(keep_ids.max()) >= vocab_size:
             raise ValueError(f"keep_ids must lie in [0, {vocab_size})")
         self.vocab_size = vocab_size
-        self.register_buffer("keep_ids", keep_ids.clone())
+        self.register_buffer("keep_ids", keep_ids.to(weight.device).clone())  # beside the head it trims
         self.rows = nn.Linear(weight.shape[1], keep_ids.numel(), bias=False)
         self.rows.weight = nn.Parameter(weight.detach()[keep_ids].clone(), requires_grad=False)  # [N, H]
 
@@ -79,7 +79,7 @@ def load_frequency_order(path: Path) -> torch.Tensor:
     from safetensors.torch import load_file
 
     if not Path(path).is_file():
-        raise ModelLoadError(f"VocabTrim needs a token-frequency table, and {path} does not exist")
+        raise ModelLoadError(f"VocabTrim needs a token-frequency table, and {shown_path(path)} does not exist")
     return load_file(str(path))["token_ids"]
 
 

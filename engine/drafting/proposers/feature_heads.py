@@ -52,7 +52,7 @@ class EagleHeadCache:
         rows = self.target_features.rows  # [len(context) - 1, H]
         first, last = self.lm.cached_length, len(rows)
         if last == first:  # nothing to read (a one-token prompt): a stand-in pair, cropped again next step
-            stand_in = torch.zeros(1, 1, self.head.config.hidden_size)
+            stand_in = torch.zeros(1, 1, self.head.config.hidden_size, device=self.lm.device)
             logits = self.lm.forward([context[-1]], features=stand_in)[-1]
             self.prefix = self.lm.cached_length
             return logits, 0
@@ -161,9 +161,10 @@ class MedusaHeadsDrafter:
 
     def _read(self) -> torch.Tensor:
         rows = self.target_features.rows
-        feature = rows[-1] if len(rows) else torch.zeros(self.heads.blocks[0].in_features)
+        feature = rows[-1] if len(rows) else torch.zeros(self.heads.blocks[0].in_features,
+                                                         device=self.heads.blocks[0].weight.device)
         with torch.inference_mode():
-            self.logits = self.heads.lm_head(self.heads(feature))  # [J, vocab]
+            self.logits = self.heads.lm_head(self.heads(feature)).cpu()  # [J, vocab], on the CPU (where sampling runs)
         return self.logits
 
     # chain proposer
