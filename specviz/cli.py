@@ -1,4 +1,4 @@
-"""Command line: `specviz run`, `strategies`, `bench`, `train-drafter`, `train-predictor`, `train-diffusion`.
+"""Command line: `specviz run`, `strategies`, `bench`, `gpu-check`, `train-drafter`, `train-predictor`, `train-diffusion`.
 
 User mistakes (bad parameters, empty prompts, unknown models) print one line to stderr and exit
 with status 2; nothing prints a traceback for them.
@@ -9,12 +9,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sqlite3
 import sys
 
 from engine import EMBEDDED_DEFAULT, ModelCache, SamplingConfig, SpecVizError, describe_strategies, parse_strategy
+from engine.devices import resolve_device
 from engine.errors import ConfigError
 
-from .runner import RunRequest, Runner, read_document_file
+from .limits import MAX_PROMPT_CHARS
+from .runner import RunRequest, Runner, read_document_file, read_text_file
 from .store import RunStore, default_db_path
 
 EXIT_USAGE = 2
@@ -46,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--strategy", required=True, help="strategy name (see `specviz strategies`)")
     run.add_argument("--target", default=EMBEDDED_DEFAULT, help=f"target model: hub id or folder (default {EMBEDDED_DEFAULT})")
     run.add_argument("--drafter", help="drafter model for draft_model: hub id, folder, or early-exit:N")
+    run.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N",
+                     help="where the models run (default auto: CUDA when this machine has it, else the CPU)")
     run.add_argument("--document", metavar="FILE", help="UTF-8 text file attached to the run, for retrieval drafting (rasd, rasd_tree)")
     run.add_argument("--max-new-tokens", type=int, default=128)
     run.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
@@ -61,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     strategies.add_argument("--json", action="store_true")
 
     sub.add_parser("bench", help="benchmark strategies on the prompt suite (specviz bench --help)", add_help=False)
+    sub.add_parser("load-test", help="a room of concurrent API users pressing Run (specviz load-test --help)",
+                   add_help=False)
+    sub.add_parser("gpu-check", help="run a hub-free model on a CUDA device: greedy identity and timings "
+                                     "(specviz gpu-check --help)", add_help=False)
     sub.add_parser("train-drafter", help="train small drafters for a target (specviz train-drafter --help)", add_help=False)
     sub.add_parser("train-predictor", help="fit SpecDec++'s acceptance predictor (specviz train-predictor --help)",
                    add_help=False)
@@ -72,16 +81,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _read_prompt(args: argparse.Namespace) -> str:
+    """--prompt, or the UTF-8 text of --prompt-file (a clear error for a missing, binary or huge file)."""
     if args.prompt_file is None:
         return args.prompt
+    # at most 4 bytes per character: the character limit itself is the runner's (RunLimits.check_prompt)
+    return read_text_file(args.prompt_file, "--prompt-file", 4 * MAX_PROMPT_CHARS, name=repr(args.prompt_file))
+
+
+def _open_store(path: str | None) -> RunStore:
+    """The run log, or a clear error for a --db that is a folder, not a SQLite file, or not writable."""
     try:
-        with open(args.prompt_file, encoding="utf-8") as f:
-            return f.read()
-    except OSError as exc:
-        raise ConfigError("--prompt-file", f"cannot read {args.prompt_file!r}: {exc.strerror or exc}") from None
+        return RunStore(path)
+    except (sqlite3.Error, OSError) as exc:
+        shown = repr(path) if path else "the default run log"
+        raise ConfigError("--db", f"cannot open {shown} as a SQLite run log: {exc}") from None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device, "--device")  # before anything is loaded or logged
     params = _parse_params(args.param)
     if args.drafter is not None:
         params["drafter"] = args.drafter
@@ -89,10 +106,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     request = RunRequest(
         prompt=_read_prompt(args), strategy=strategy, sampling=sampling, max_new_tokens=args.max_new_tokens,
-        target=args.target, raw=args.raw, source="cli",
-        document=None if args.document is None else read_document_file(args.document),
+        target=args.target, raw=args.raw, source="cli", device=device,
+        document=None if args.document is None else read_document_file(args.document, name=repr(args.document)),
     )
-    runner = Runner(ModelCache(), RunStore(args.db))
+    runner = Runner(ModelCache(), _open_store(args.db))
     progress = None if args.json else (lambda message: print(message, file=sys.stderr))
     prepared = runner.prepare(request, progress=progress)
     last = None
@@ -144,6 +161,14 @@ def main(argv: list[str] | None = None) -> int:
             from .bench import main as bench_main
 
             return bench_main(argv[1:])
+        if argv[:1] == ["gpu-check"]:
+            from .gpu_check import main as gpu_check_main
+
+            return gpu_check_main(argv[1:])
+        if argv[:1] == ["load-test"]:
+            from .load_test import main as load_test_main
+
+            return load_test_main(argv[1:])
         if argv[:1] == ["train-drafter"]:  # so does training
             from .training.distill import main as train_main
 

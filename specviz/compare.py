@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import queue
+import re
 import threading
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -37,12 +38,29 @@ T = TypeVar("T")
 BASELINE = "baseline"  # the name of the extra `ar` side added when no side is `ar`
 
 
+# An absolute path of the server: POSIX (at least two segments, not inside a URL or a relative path such as
+# ./model or tokens/s) or Windows (C:\...). Group "last" is its last component.
+_SEGMENT = r"[^\s'\"`,;:()\[\]{}<>/\\]+"
+_POSIX_PATH = re.compile(rf"(?:~|(?<![\w.:/\\~-]))/{_SEGMENT}(?:/{_SEGMENT})*/(?P<last>{_SEGMENT})")
+_WINDOWS_PATH = re.compile(rf"(?<![\w])[A-Za-z]:\\(?:{_SEGMENT}\\)*(?P<last>{_SEGMENT})")
+
+
+def redact_paths(text: str) -> str:
+    """The text with every absolute server path cut to its last component ("…/config.json"): messages shown to a
+    visitor must not reveal where the server keeps its files. Relative paths and URLs are kept."""
+    def keep_last(match: re.Match) -> str:
+        return f"…/{match.group('last')}"
+
+    return _WINDOWS_PATH.sub(keep_last, _POSIX_PATH.sub(keep_last, text))
+
+
 def describe_error(exc: BaseException) -> str:
-    """A message for the person: a SpecVizError's own text; anything else is logged and summarised."""
+    """A message for the person: a SpecVizError's own text; anything else is logged and summarised. Absolute
+    server paths are redacted (`redact_paths`); the server log keeps the full error."""
     if isinstance(exc, SpecVizError):
-        return str(exc)
+        return redact_paths(str(exc))
     log.exception("unexpected error", exc_info=exc)
-    return f"internal error ({type(exc).__name__}): {exc}".strip()
+    return redact_paths(f"internal error ({type(exc).__name__}): {exc}".strip())
 
 
 _DONE = object()

@@ -112,7 +112,8 @@ def acceptance_figure(
                     traceorder="normal"),
         template="plotly_white",
         font=dict(size=12),
-        title=dict(text=title, x=0, y=0.99, yanchor="top", font=dict(size=13)) if title else None,
+        # the strategy's label carries text a person typed (a drafter name): plotly renders tags in titles
+        title=dict(text=html.escape(title, quote=False), x=0, y=0.99, yanchor="top", font=dict(size=13)) if title else None,
         hovermode="closest",
     )
     _acceptance_axes(fig, len(steps), max(lengths, default=1))

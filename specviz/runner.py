@@ -25,8 +25,11 @@ from engine import (
     check_max_new_tokens,
     encode_prompt,
 )
+from engine.devices import resolve_device
 from engine.errors import ConfigError
 
+from .gpu import on_gpu
+from .limits import MAX_DOCUMENT_BYTES, SQLITE_MAX_INT, RunLimits, check_text, size_limit_text, size_text
 from .store import RunStore
 
 
@@ -41,6 +44,7 @@ class RunRequest:
     source: str = "cli"  # who started it: cli | ui | bench
     group_id: str | None = None  # links the runs of one comparison or benchmark
     document: str | None = None  # text attached to the run for retrieval drafting (rasd, rasd_tree); others ignore it
+    device: str = "auto"  # where the models run: auto (CUDA when present, else the CPU) | cpu | cuda | cuda:N
 
 
 @dataclass
@@ -66,46 +70,93 @@ class RunUpdate:
     metrics: RunMetrics = field(repr=False)
 
 
+@on_gpu
+def generate_steps(decoder: SpeculativeDecoder, prompt_ids: list[int], max_new_tokens: int) -> Iterator[StepEvent]:
+    """A run's model work: the decoder's event stream (inside `spaces.GPU` on a ZeroGPU Space, see specviz.gpu)."""
+    yield from decoder.generate(prompt_ids, max_new_tokens)
+
+
 def new_group_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
-MAX_DOCUMENT_BYTES = 1_000_000  # an attached document, UTF-8 (about 200k tokens: tokenised and indexed in seconds)
+MIN_SAMPLING_VALUE = 1e-6  # the smallest temperature (other than 0, greedy) and top_p a run takes
 
 
-def _check_document_size(size: int, what: str) -> None:
-    if size > MAX_DOCUMENT_BYTES:
-        raise ConfigError("document", f"{what} is {size / 1e6:.1f} MB; the limit is {MAX_DOCUMENT_BYTES / 1e6:g} MB")
-
-
-def read_document_file(path: str | os.PathLike) -> str:
-    """A text file to attach as a run's document: UTF-8 text of at most MAX_DOCUMENT_BYTES."""
-    name = os.path.basename(path)
+def read_text_file(path: str | os.PathLike, field: str, max_bytes: int, name: str | None = None) -> str:
+    """A UTF-8 text file of at most max_bytes, or a ConfigError for `field`. Messages call the file `name`
+    (default: its base name, never the folder it sits in: an uploaded file's folder is the server's)."""
+    name = os.path.basename(path) if name is None else name
     try:
-        _check_document_size(os.path.getsize(path), name)
+        size = os.path.getsize(path)
+        if size > max_bytes:
+            raise ConfigError(field, f"{name} is {size_text(size)}; the limit is {size_limit_text(max_bytes)}")
         with open(path, "rb") as f:
-            raw = f.read()
+            raw = f.read(max_bytes + 1)
     except OSError as exc:
-        raise ConfigError("document", f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
+        raise ConfigError(field, f"cannot read {name}: {exc.strerror or type(exc).__name__}") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise ConfigError("document", f"{name} is not a UTF-8 text file") from None
+        raise ConfigError(field, f"{name} is not a UTF-8 text file") from None
     if "\x00" in text:
-        raise ConfigError("document", f"{name} looks like a binary file, not text")
+        raise ConfigError(field, f"{name} looks like a binary file, not text (it contains NUL bytes)")
     return text
 
 
+def check_output_file(path: str | os.PathLike, field: str) -> None:
+    """A ConfigError now, before a long job, unless `path` can be written at its end: not a folder, in a folder
+    that exists and is writable."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ConfigError(field, f"{os.fspath(path)!r} is a folder; give a file name")
+    if not os.path.isdir(folder):
+        raise ConfigError(field, f"the folder of {os.fspath(path)!r} does not exist")
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise ConfigError(field, f"{os.fspath(path)!r} is not writable")
+
+
+def read_document_file(path: str | os.PathLike, max_bytes: int = MAX_DOCUMENT_BYTES, name: str | None = None) -> str:
+    """A text file to attach as a run's document: UTF-8 text of at most max_bytes (see read_text_file)."""
+    return read_text_file(path, "document", max_bytes, name)
+
+
 class Runner:
-    def __init__(self, models: ModelCache, store: RunStore | None = None):
+    """`limits`: what a run may ask for (specviz.limits; a public Space's are tighter), checked in `prepare`."""
+
+    def __init__(self, models: ModelCache, store: RunStore | None = None, limits: RunLimits = RunLimits()):
         self.models = models
         self.store = store
+        self.limits = limits
+
+    def check_request(self, request: RunRequest) -> None:
+        """Every input of the request that no model is needed for, against `limits`: a ConfigError / PromptError
+        with a message for the person, before anything is loaded or logged."""
+        limits = self.limits
+        limits.check_max_new_tokens(check_max_new_tokens(request.max_new_tokens))
+        limits.check_prompt(request.prompt)
+        limits.check_document(request.document)
+        limits.check_target(request.target)
+        limits.check_drafter(getattr(request.strategy, "drafter", None))
+        sampling = request.sampling
+        for name in ("seed", "top_k"):  # the log stores them as SQLite integers
+            value = getattr(sampling, name)
+            if value > SQLITE_MAX_INT:
+                raise ConfigError(name, f"must be an integer in [0, {SQLITE_MAX_INT:,}], got {value:,}")
+        # below these, float32 division and cumulative sums break down (NaN probabilities mid-run)
+        if 0 < sampling.temperature < MIN_SAMPLING_VALUE:
+            raise ConfigError("temperature", f"must be 0 (greedy) or at least {MIN_SAMPLING_VALUE:g}, "
+                                             f"got {sampling.temperature!r}")
+        if sampling.top_p < MIN_SAMPLING_VALUE:
+            raise ConfigError("top_p", f"must be at least {MIN_SAMPLING_VALUE:g} (top_k=1 keeps only the top token), "
+                                       f"got {sampling.top_p!r}")
+        if request.group_id is not None:
+            check_text("group_id", request.group_id)
 
     def prepare(self, request: RunRequest, progress=None) -> PreparedRun:
-        check_max_new_tokens(request.max_new_tokens)
-        if request.document is not None:
-            _check_document_size(len(request.document.encode("utf-8")), "the document")
-        target = self.models.get(request.target, progress=progress)
+        self.check_request(request)
+        device = resolve_device(request.device)  # a device this machine lacks fails here, before any loading
+        target = self.models.get(request.target, progress=progress, device=device)
         prompt_ids = encode_prompt(target.tokenizer, request.prompt, raw=request.raw)
         decoder = build_decoder(
             request.strategy, target, self.models, request.sampling, progress=progress, document=request.document
@@ -135,7 +186,7 @@ class Runner:
         token_ids: list[int] = []
         status, error = "stopped", None
         try:
-            for event in prepared.decoder.generate(prepared.prompt_ids, request.max_new_tokens):
+            for event in generate_steps(prepared.decoder, prepared.prompt_ids, request.max_new_tokens):
                 if self.store is not None:
                     self.store.log_step(run_id, event, first_seq=len(token_ids))
                 events.append(event)

@@ -177,8 +177,8 @@ def test_compare_races_diffusion_against_a_draft_model(app):
     client, store = app
     before = {r["id"] for r in store.list_runs()}
     result = client.predict(
-        # an API call starts from the fields' first defaults (max_k 12): diffusion's block takes 8
-        prompt=PROMPT, a_name="diffusion", a_length_policy="adl", a_max_k=8, b_name="draft_model", b_vocab_trim=8192,
+        # a side named alone runs with its strategy's own defaults (diffusion: ADL, a block of 8)
+        prompt=PROMPT, a_name="diffusion", b_name="draft_model", b_vocab_trim=8192,
         max_new_tokens=8, api_name="/compare",
     )
     assert "lossless check: identical to baseline" in " ".join(_html_outputs(result))

@@ -4,7 +4,8 @@
 (`playground_tab`), Compare (`compare_tab`), History (`history_tab`) and Multi-draft bound
 (`multi_draft_tab`); `launch_app(demo, ...)` launches it with the project's theme and CSS (in
 Gradio 6 those go to `launch()`). Shared pieces: `inputs` (what a form sends, validated in one
-place), `controls` (strategy, sampling, document, example controls), `panels` (a run's view).
+place), `controls` (strategy, sampling, document, example controls), `panels` (a run's view),
+`sessions` (one model run at a time per session).
 
 Every handler validates its inputs first and shows `SpecVizError` messages in the page (status
 line + toast), never a traceback. Model and prompt text reach the page only through
@@ -19,6 +20,7 @@ from typing import Any
 import gradio as gr
 
 from engine import ModelCache
+from specviz.limits import RunLimits
 from specviz.runner import Runner
 from specviz.store import RunStore
 
@@ -27,10 +29,22 @@ from .controls import load_example_prompts
 from .history_tab import build_history_tab
 from .multi_draft_tab import build_multi_draft_tab
 from .playground_tab import build_playground_tab
+from .public import apply_public_limits, limits_note
+from .sessions import RunGate
 
 ROOT = Path(__file__).resolve().parents[2]
 ASSETS = ROOT / "assets"
 CSS_FILE = ASSETS / "style.css"
+
+# The queue, sized for a workshop room: 30 people, each with at most a Run and a Compare waiting (the page cannot
+# queue one button twice), plus their page-load and other light events, which pass straight through. Bounded, so
+# that a flood of API calls is told "queue is full" at once instead of waiting without end. Counts waiting events
+# only (not the ones running).
+QUEUE_MAX_SIZE = 100
+# Events that name no limit of their own (the multi-draft bound). Model runs share the "engine" group (two at a
+# time: the CPU has two cores); log reads, replays and page updates have their own groups or none, so they never
+# wait behind model runs.
+DEFAULT_CONCURRENCY = 2
 
 HEADER = """
 <div class="sv-header">
@@ -42,21 +56,26 @@ HEADER = """
 """
 
 
-def build_app(models: ModelCache, store: RunStore) -> gr.Blocks:
-    runner = Runner(models, store)
+def build_app(models: ModelCache, store: RunStore, limits: RunLimits = RunLimits()) -> gr.Blocks:
+    """The explorer over these models and run log. `limits`: what a run may ask for, enforced for every run (page
+    and API); `RunLimits.public_space()` also says so in the page and narrows the widgets (specviz.ui.public)."""
+    runner = Runner(models, store, limits)
     examples = load_example_prompts()
+    gate = RunGate()  # one model run at a time per session, across the Playground and Compare
     with gr.Blocks(title="SpecViz — speculative decoding explorer", analytics_enabled=False) as demo:
         gr.HTML(HEADER, js_on_load=None)
+        limits_note(limits)
         with gr.Tabs():
             with gr.Tab("Playground", id="playground", elem_id="tab-playground"):
-                build_playground_tab(runner, store, examples)
+                build_playground_tab(runner, store, examples, gate, demo)
             with gr.Tab("Compare", id="compare", elem_id="tab-compare"):
-                build_compare_tab(runner, store, examples)
+                build_compare_tab(runner, store, examples, gate, demo)
             with gr.Tab("History", id="history", elem_id="tab-history") as history_tab:
                 build_history_tab(store, history_tab, demo)
             with gr.Tab("Multi-draft bound", id="multi-draft", elem_id="tab-multi-draft"):
                 build_multi_draft_tab()
-    demo.queue(default_concurrency_limit=2, max_size=16)
+        apply_public_limits(demo, limits)
+    demo.queue(default_concurrency_limit=DEFAULT_CONCURRENCY, max_size=QUEUE_MAX_SIZE)
     return demo
 
 

@@ -2,10 +2,12 @@
 (`specviz.compare.CompareRace`), then a summary with speedups against an `ar` run and, under greedy
 decoding, a lossless check.
 
-`build_compare_tab(runner, store, examples)` adds the components and events inside an open `gr.Blocks`
-(in a `gr.Tab`). Its Compare button is the API endpoint `/compare`, with the parameters prompt, a_name,
-a_<field> for every strategy field, b_name, b_<field>..., temperature, top_k, top_p, seed,
-max_new_tokens, mode, target, document. The sides are a list (SIDES): the logic does not name them.
+`build_compare_tab(runner, store, examples, gate, demo)` adds the components and events inside an open
+`gr.Blocks` (in a `gr.Tab`). Its Compare button is the API endpoint `/compare`, with the parameters prompt,
+a_name, a_<field> for every strategy field, b_name, b_<field>..., temperature, top_k, top_p, seed,
+max_new_tokens, mode, target, document; a side's field left out (None) takes that side's strategy's own
+default. A comparison is one model run for the session's fairness limit (`gate`) and waits in the same
+"engine" queue as the Playground's runs. The sides are a list (SIDES): the logic does not name them.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from .controls import (
 )
 from .inputs import INPUT_ERRORS, RunInputs, StrategyKeys, named_handler, read_run_inputs
 from .panels import wait_until_closed
+from .sessions import RunGate
 
 SIDES = (("A", "ar"), ("B", "prompt_lookup"))  # each side's name and default strategy, in the page's order
 
@@ -171,19 +174,23 @@ class CompareTab:
                 out[side.metrics] = render.metrics_html(RunMetrics.from_events(events) if events else None)
         return out
 
-    def wire(self) -> None:
+    def wire(self, gate: RunGate) -> None:
         inputs = self.named_inputs()
-        event = self.run_button.click(
-            named_handler(self.run_compare, list(inputs)), list(inputs.values()), self.outputs(), api_name="compare",
-            concurrency_id=ENGINE_CONCURRENCY, concurrency_limit=2, show_progress="hidden",
+        handler = gate.guard(named_handler(self.run_compare, list(inputs), required=["prompt"]),
+                             lambda exc: {self.status: error_status(exc)})
+        event = self.run_button.click(  # queue position and expected wait on the status line (see the Playground)
+            handler, list(inputs.values()), self.outputs(), api_name="compare",
+            concurrency_id=ENGINE_CONCURRENCY, concurrency_limit=2, show_progress="full", show_progress_on=[self.status],
         )
         panels = [self.status, *(s.stream for s in self.sides), *(s.metrics for s in self.sides)]
         self.stop_button.click(None, None, None, cancels=[event], api_visibility="undocumented").then(
             self.after_stop, [self.state], panels, **QUIET)
 
 
-def build_compare_tab(runner: Runner, store: RunStore, examples: list[SuitePrompt]) -> CompareTab:
-    """The tab's components and events, added to the open gr.Blocks (call it inside a gr.Tab)."""
+def build_compare_tab(runner: Runner, store: RunStore, examples: list[SuitePrompt], gate: RunGate,
+                      demo: gr.Blocks) -> CompareTab:
+    """The tab's components and events, added to the open gr.Blocks `demo` (call it inside a gr.Tab); `gate` holds
+    each session to one model run at a time (shared with the Playground)."""
     explain(
         "Run two strategies on the same prompt, seed and sampling settings, live and side by side. "
         "Speedups are measured against an `ar` (plain autoregressive) run of the same request: "
@@ -221,7 +228,9 @@ def build_compare_tab(runner: Runner, store: RunStore, examples: list[SuitePromp
                      sides, *_build_summary(), state)
     wire_example_picker(example, examples, prompt, max_new)
     wire_document_upload(document_file, document, status)
-    tab.wire()
+    for side_controls in controls:
+        side_controls.show_defaults_on_load(demo)
+    tab.wire(gate)
     return tab
 
 

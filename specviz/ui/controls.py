@@ -15,6 +15,7 @@ from typing import Any
 import gradio as gr
 
 from engine import SpecVizError
+from engine.devices import device_choices
 from specviz.compare import describe_error
 from specviz.prompts import SuitePrompt, load_prompt_suite
 from specviz.runner import MAX_DOCUMENT_BYTES, read_document_file
@@ -59,6 +60,23 @@ class StrategyControls:
     def named_inputs(self) -> dict[str, gr.components.Component]:
         return dict(zip(self.keys.names(), self.inputs(), strict=True))
 
+    def outputs(self) -> list:
+        """What picking a strategy updates: its description and every field."""
+        return [self.about] + [self.fields[f] for f in PARAM_FIELDS]
+
+    def show_defaults_on_load(self, demo: gr.Blocks) -> None:
+        """Fill the chosen strategy's fields with its defaults when the page loads.
+
+        The fields are built empty (value None) so that the API's default for each is None, which the handler
+        reads as "this strategy's own default"; a person sees the defaults, filled here and on every strategy
+        change."""
+        demo.load(show_strategy, self.strategy, self.outputs(), **QUIET)
+
+
+def show_strategy(name: str) -> list:
+    """A strategy's description, then its fields (its defaults, help and choices; the other fields hidden)."""
+    return [_about(name)] + _field_updates(name)
+
 
 def _about(name: str) -> str:
     info = STRATEGY_INFO.get(name)
@@ -69,11 +87,13 @@ def _about(name: str) -> str:
 
 
 def _field_info(meta: dict[str, Any]) -> str | None:
-    """A field's help text, with its allowed range when it has one (from the strategy's declared metadata)."""
+    """A field's help text, with its allowed range when it has one (from the strategy's declared metadata), and
+    what a blank field means (the strategy's default)."""
+    blank = f"blank: the default, {meta['default']}" if "default" in meta else None
     if "min" not in meta:
-        return meta.get("help")
+        return "; ".join(x for x in (meta.get("help"), blank) if x) or None
     low, high = (f"{x:,}" if isinstance(x, int) else f"{x:g}" for x in (meta["min"], meta["max"]))
-    return f"{meta.get('help', '')}; allowed: {low} to {high}"
+    return "; ".join(x for x in (meta.get("help", ""), f"allowed: {low} to {high}", blank) if x is not None)
 
 
 def _field_updates(name: str) -> list:
@@ -91,15 +111,21 @@ def _field_updates(name: str) -> list:
 
 
 def _param_field(prefix: str, field: str, meta: dict[str, Any], visible: bool) -> gr.components.Component:
-    """One input for a strategy parameter, typed from its config: numbers, choices or free text."""
+    """One input for a strategy parameter, typed from its config: numbers, choices or free text.
+
+    Built empty (None): strategies share this field with different defaults, and an API call that names only a
+    strategy must get that strategy's defaults, not the default strategy's (the API's default for a parameter is
+    the component's initial value). The page fills it (StrategyControls.show_defaults_on_load, strategy change)."""
     common = dict(label=field, info=_field_info(meta), visible=visible, elem_id=f"{prefix}param-{field.replace('_', '-')}")
     if meta["type"] == "int":
-        return gr.Number(meta["default"], precision=0, min_width=110, **common)
+        # no precision: Gradio would round NaN / infinity itself and fail without a message; the strategy's
+        # range check refuses them, and a fraction, with one
+        return gr.Number(None, step=1, min_width=110, **common)
     if meta["type"] == "float":
-        return gr.Number(meta["default"], min_width=110, **common)
+        return gr.Number(None, min_width=110, **common)
     if meta.get("choices"):
-        return gr.Dropdown(PARAM_CHOICES[field], value=meta["default"], min_width=150, **common)
-    return gr.Textbox(str(meta["default"]), min_width=180, **common)
+        return gr.Dropdown(PARAM_CHOICES[field], value=None, min_width=150, **common)
+    return gr.Textbox(None, min_width=180, **common)
 
 
 def build_strategy_controls(prefix: str, label: str, default: str, keys: StrategyKeys = StrategyKeys()) -> StrategyControls:
@@ -114,9 +140,9 @@ def build_strategy_controls(prefix: str, label: str, default: str, keys: Strateg
             field: _param_field(prefix, field, params.get(field, meta), field in params)
             for field, meta in PARAM_INFO.items()
         }
-    strategy.change(lambda name: [_about(name)] + _field_updates(name),
-                    strategy, [about] + [fields[f] for f in PARAM_FIELDS], **QUIET)
-    return StrategyControls(strategy, about, fields, keys)
+    controls = StrategyControls(strategy, about, fields, keys)
+    strategy.change(show_strategy, strategy, controls.outputs(), **QUIET)
+    return controls
 
 
 # -- sampling, length, document, examples ----------------------------------------------------------
@@ -140,13 +166,24 @@ def build_sampling_controls(prefix: str) -> SamplingControls:
                             info="0 = greedy (always the most likely token); above 0 samples", elem_id=f"{prefix}temperature")
     top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="top_p", info="nucleus sampling; 1 = off")
     with gr.Row():
-        top_k = gr.Number(0, precision=0, minimum=0, label="top_k", info="0 = off", min_width=100)
-        seed = gr.Number(0, precision=0, minimum=0, label="seed", info="same seed, same sample", min_width=100)
+        # no precision (see _param_field): SamplingConfig refuses fractions, NaN and infinity with a message
+        top_k = gr.Number(0, step=1, minimum=0, label="top_k", info="0 = off", min_width=100)
+        seed = gr.Number(0, step=1, minimum=0, label="seed", info="same seed, same sample", min_width=100)
     return SamplingControls(temperature, top_k, top_p, seed)
 
 
 def build_max_new_tokens(elem_id: str) -> gr.Slider:
     return gr.Slider(1, MAX_NEW_TOKENS_UI, value=DEFAULT_MAX_NEW_TOKENS, step=1, label="max new tokens", elem_id=elem_id)
+
+
+def build_device_control(elem_id: str) -> gr.Dropdown | None:
+    """Where the models run: a dropdown of this machine's CUDA devices and the CPU, the first GPU chosen; None
+    (no component, no API parameter: runs use the CPU) on a machine without CUDA."""
+    choices = device_choices()
+    if len(choices) == 1:
+        return None
+    return gr.Dropdown(choices, value=choices[0], label="device", elem_id=elem_id,
+                       info="where the models run (\"cuda\": every GPU, a big model split over them)")
 
 
 def build_document_controls(prefix: str) -> tuple[gr.Textbox, gr.File]:
@@ -201,6 +238,6 @@ def wire_example_picker(example: gr.Dropdown, examples: list[SuitePrompt], promp
         row = by_id.get(str(example_id)) if example_id is not None else None
         if row is None:
             return gr.skip(), gr.skip()
-        return row.prompt, max(1, min(row.max_new_tokens, MAX_NEW_TOKENS_UI))
+        return row.prompt, max(1, min(row.max_new_tokens, int(max_new.maximum)))  # a public demo lowers the maximum
 
     example.change(pick, [example, max_new], [prompt, max_new], **QUIET)

@@ -19,6 +19,7 @@ import pandas as pd
 
 from engine import SpecVizError, StepEvent
 from engine.errors import ConfigError
+from specviz.limits import SQLITE_MAX_INT, check_text
 from specviz.store import RunStore
 
 from . import render
@@ -47,8 +48,12 @@ class HistoryTab:
     view: RunView
 
     def list_history(self, strategy_filter, search_text) -> pd.DataFrame:
+        try:
+            search = check_search_text(search_text)
+        except SpecVizError as exc:  # shown as a toast; the table keeps what it showed
+            raise gr.Error(render.esc(str(exc)), print_exception=False) from None
         rows = self.store.list_runs(limit=200, strategy=None if strategy_filter in (None, "", "all") else strategy_filter,
-                                    search=(search_text or "").strip() or None)
+                                    search=search)
         return history_frame(rows)
 
     def open_run(self, run_id) -> dict:
@@ -112,7 +117,8 @@ def build_history_tab(store: RunStore, tab: gr.Tab, demo: gr.Blocks) -> HistoryT
     table = gr.Dataframe(value=pd.DataFrame(columns=HISTORY_COLUMNS), headers=HISTORY_COLUMNS, interactive=False,
                          elem_id="history-table", max_height=320, wrap=True, column_widths=HISTORY_COLUMN_WIDTHS)
     with gr.Row(equal_height=False, elem_classes=["history-open-row"]):
-        run_id = gr.Number(None, precision=0, label="run id", minimum=1, scale=0, min_width=140, elem_id="history-run-id")
+        # no precision: Gradio would round NaN / infinity itself and fail without a message (load_run says why)
+        run_id = gr.Number(None, step=1, label="run id", minimum=1, scale=0, min_width=140, elem_id="history-run-id")
         with gr.Column(scale=0, min_width=220):
             open_button = gr.Button("Open", variant="primary", size="md", elem_id="history-open")
             replay_button = gr.Button("▶ Replay step by step", size="md", elem_id="history-replay")
@@ -153,11 +159,25 @@ def history_frame(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(out, columns=HISTORY_COLUMNS)
 
 
+MAX_SEARCH_CHARS = 1_000  # the search box: text in a prompt
+
+
+def check_search_text(text: Any) -> str | None:
+    """The History search box's text, stripped (None: no search), or a ConfigError for text no prompt can hold."""
+    text = check_text("search", "" if text is None else text).strip()
+    if len(text) > MAX_SEARCH_CHARS:
+        raise ConfigError("search", f"is {len(text):,} characters; search for at most {MAX_SEARCH_CHARS:,}")
+    return text or None
+
+
 def load_run(store: RunStore, run_id: Any) -> tuple[dict, list[StepEvent]]:
     try:
         rid = int(run_id)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # empty, text, NaN, infinity
         raise ConfigError("run id", "type the id of a run from the table (or click its row)") from None
+    if not 1 <= rid <= SQLITE_MAX_INT or (isinstance(run_id, float) and rid != run_id):
+        raise ConfigError("run id", "run ids are whole numbers from 1 up: type the id of a run from the table "
+                                    "(or click its row)")
     run = store.get_run(rid)
     if run is None:
         raise ConfigError("run id", f"no run #{rid} in the log")

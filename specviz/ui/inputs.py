@@ -24,6 +24,7 @@ from engine import (
     parse_strategy,
 )
 from engine.errors import ConfigError, PromptError
+from specviz.limits import check_text
 
 INPUT_ERRORS = (SpecVizError, ValueError, TypeError)  # what validating a form may raise
 
@@ -82,19 +83,20 @@ def _as_int(name: str, value: Any) -> Any:
 
 
 def strategy_from_inputs(name: str, values: dict[str, Any]) -> StrategyConfig:
-    """Validated strategy config from the dropdown and the per-strategy fields (only its own fields)."""
+    """Validated strategy config from the dropdown and the per-strategy fields (only its own fields).
+
+    A field that is absent, None or blank takes the strategy's own default: strategies share fields (k, drafter,
+    max_k, ...) with different defaults, and an API call that names only a strategy sends None for every field,
+    so it runs that strategy exactly as `specviz run --strategy NAME` (`parse_strategy(name, {})`) does.
+    """
     if name not in STRATEGY_INFO:
         raise ConfigError("strategy", f"unknown strategy {name!r}; choose one of {', '.join(STRATEGY_NAMES)}")
     params: dict[str, Any] = {}
     for field, meta in STRATEGY_INFO[name]["parameters"].items():
-        if field not in values:
-            continue
-        value = values[field]
-        if meta["type"] == "int":
-            value = _as_int(field, value)
-        elif value is None or not str(value).strip():
-            raise ConfigError(field, "is empty; enter a value")
-        params[field] = value
+        value = values.get(field)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            continue  # the strategy's own default
+        params[field] = _as_int(field, value) if meta["type"] == "int" else value
     return parse_strategy(name, params)
 
 
@@ -126,8 +128,18 @@ def target_or_default(text: Any) -> str:
     return (text or EMBEDDED_DEFAULT).strip() or EMBEDDED_DEFAULT
 
 
+def check_text_values(values: dict[str, Any]) -> None:
+    """Every text a form sent is real text: no NUL bytes, no lone surrogates (which JSON can carry but nothing
+    downstream can encode: the page's reply, the log, the tokenizer). A ConfigError names the first bad field."""
+    for name, value in values.items():
+        if isinstance(value, str):
+            check_text(name, value)
+
+
 def read_run_inputs(values: dict[str, Any], strategy_keys: Sequence[StrategyKeys]) -> RunInputs:
-    """Validate a form's named values: the prompt first, then each strategy, sampling and max_new_tokens."""
+    """Validate a form's named values: their text first, the prompt, then each strategy, sampling and
+    max_new_tokens. (Limits that depend on the app, such as a public demo's, are the Runner's: see RunLimits.)"""
+    check_text_values(values)
     prompt = check_prompt_text(values["prompt"])
     strategies = tuple(
         strategy_from_inputs(values[keys.name], {f: values[keys.prefix + f] for f in PARAM_FIELDS})
@@ -138,21 +150,28 @@ def read_run_inputs(values: dict[str, Any], strategy_keys: Sequence[StrategyKeys
                      target_or_default(values.get("target")), document_or_none(values.get("document")))
 
 
-def named_handler(fn: Callable[[dict[str, Any]], Iterator], names: Sequence[str]) -> Callable[..., Iterator]:
+def named_handler(fn: Callable[[dict[str, Any]], Iterator], names: Sequence[str],
+                  required: Sequence[str] = ()) -> Callable[..., Iterator]:
     """A streaming handler whose API parameters carry these names, calling `fn({name: value})`.
 
     The strategy fields are built from the strategy registry, so no Python signature can list them; Gradio
-    names API parameters from the signature, which this sets explicitly (in the order of the inputs).
+    names API parameters from the signature, which this sets explicitly (in the order of the inputs). Every
+    parameter but the `required` ones (which must come first) defaults to None there: Gradio then offers a
+    component's initial value as the API default where it has one, and None where it has none (the strategy
+    fields: None means "this strategy's own default").
     """
     names = list(names)
     if len(set(names)) != len(names):
         raise ValueError(f"API parameter names must be unique: {names}")
+    if list(required) != names[:len(required)]:
+        raise ValueError(f"required API parameters must come first: {list(required)} in {names}")
 
     def handler(*values):
         yield from fn(dict(zip(names, values, strict=True)))
 
     handler.__signature__ = inspect.Signature(
-        [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in names]
+        [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                           **({} if name in required else {"default": None})) for name in names]
     )
     handler.__name__ = fn.__name__
     return handler

@@ -1,9 +1,11 @@
 """The Playground tab: one live run, streamed step by step into a RunView, stoppable.
 
-`build_playground_tab(runner, store, examples)` adds the components and events inside an open
-`gr.Blocks` (in a `gr.Tab`). Its Run button is the API endpoint `/run`, with the parameters
+`build_playground_tab(runner, store, examples, gate, demo)` adds the components and events inside an
+open `gr.Blocks` (in a `gr.Tab`). Its Run button is the API endpoint `/run`, with the parameters
 prompt, strategy, each strategy field (k, drafter, ...), temperature, top_k, top_p, seed,
-max_new_tokens, target, raw, document.
+max_new_tokens, target, raw, document (and device, on a machine with CUDA). A strategy field left out
+(None) takes the chosen strategy's own default. Runs wait in the shared "engine" queue (the status line
+shows the queue position and the expected wait) and each session holds one run at a time (`gate`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from .controls import (
     QUIET,
     SamplingControls,
     StrategyControls,
+    build_device_control,
     build_document_controls,
     build_example_picker,
     build_max_new_tokens,
@@ -37,6 +40,7 @@ from .controls import (
     wire_example_picker,
 )
 from .inputs import INPUT_ERRORS, named_handler, read_run_inputs
+from .sessions import RunGate
 from .panels import PLOT_EVERY_STEPS, RunView, build_inspector_panel, build_plot_panel, build_stream_panel, run_state, wait_until_closed
 
 PLOT_MIN_INTERVAL_S = 0.75  # and at most this often while streaming
@@ -71,11 +75,13 @@ class PlaygroundTab:
     stop_button: gr.Button
     status: gr.HTML
     view: RunView
+    device: gr.Dropdown | None = None  # only on a machine with CUDA (then also the API parameter "device", last)
 
     def named_inputs(self) -> dict[str, Any]:
         """The Run button's inputs under their API names, in the API's order."""
         return {"prompt": self.prompt, **self.strategy.named_inputs(), **self.sampling.named_inputs(),
-                "max_new_tokens": self.max_new, "target": self.target, "raw": self.raw, "document": self.document}
+                "max_new_tokens": self.max_new, "target": self.target, "raw": self.raw, "document": self.document,
+                **({"device": self.device} if self.device is not None else {})}
 
     def run_playground(self, values: dict[str, Any]) -> Iterator[dict]:
         """The `/run` handler: validate, load (showing progress), then stream the run into the view."""
@@ -87,7 +93,7 @@ class PlaygroundTab:
         (strategy,) = inputs.strategies
         request = RunRequest(prompt=inputs.prompt, strategy=strategy, sampling=inputs.sampling,
                              max_new_tokens=inputs.max_new_tokens, target=inputs.target, raw=bool(values["raw"]),
-                             source="ui", document=inputs.document)
+                             source="ui", document=inputs.document, device=values.get("device") or "cpu")
         label = strategy.label()
         yield {
             self.status: render.status_html("Loading model… (the first load takes ~30 s; later runs reuse it)", "running"),
@@ -135,12 +141,16 @@ class PlaygroundTab:
         return {self.status: render.status_html("Stopped. The partial run is logged with status \"stopped\".", "info"),
                 **self.view.render(state)}
 
-    def wire(self) -> None:
+    def wire(self, gate: RunGate) -> None:
         inputs = self.named_inputs()
         outputs = [self.status] + self.view.outputs()
+        handler = gate.guard(named_handler(self.run_playground, list(inputs), required=["prompt"]),
+                             lambda exc: {self.status: error_status(exc)})
+        # Gradio's progress tracker on the status line only: the queue position and expected wait while the run
+        # waits for the engine, then a thin bar while it streams (the panels stay uncovered).
         run_event = self.run_button.click(
-            named_handler(self.run_playground, list(inputs)), list(inputs.values()), outputs, api_name="run",
-            concurrency_id=ENGINE_CONCURRENCY, concurrency_limit=2, show_progress="hidden",
+            handler, list(inputs.values()), outputs, api_name="run",
+            concurrency_id=ENGINE_CONCURRENCY, concurrency_limit=2, show_progress="full", show_progress_on=[self.status],
         )
         # Cancel first, then render: the page runs a click's listeners one after another, and after_stop waits for
         # the cancelled run to be closed in the log.
@@ -148,8 +158,10 @@ class PlaygroundTab:
             self.after_stop, [self.view.state], outputs, **QUIET)
 
 
-def build_playground_tab(runner: Runner, store: RunStore, examples: list[SuitePrompt]) -> PlaygroundTab:
-    """The tab's components and events, added to the open gr.Blocks (call it inside a gr.Tab)."""
+def build_playground_tab(runner: Runner, store: RunStore, examples: list[SuitePrompt], gate: RunGate,
+                         demo: gr.Blocks) -> PlaygroundTab:
+    """The tab's components and events, added to the open gr.Blocks `demo` (call it inside a gr.Tab); `gate`
+    holds each session to one model run at a time (shared with the Compare tab)."""
     with gr.Row(equal_height=False):
         with gr.Column(scale=4, min_width=320, elem_classes=["controls"]):
             prompt = gr.Textbox(label="Prompt", lines=4, max_lines=12, elem_id="prompt",
@@ -162,6 +174,7 @@ def build_playground_tab(runner: Runner, store: RunStore, examples: list[SuitePr
             with gr.Accordion("Advanced", open=False):
                 target = gr.Textbox(EMBEDDED_DEFAULT, label="target model", elem_id="target",
                                     info="the embedded default, a local folder, or a Hugging Face id")
+                device = build_device_control("device")
                 raw = gr.Checkbox(False, label="raw prompt (no chat template)")
             document, document_file = build_document_controls("")
             with gr.Row():
@@ -175,6 +188,7 @@ def build_playground_tab(runner: Runner, store: RunStore, examples: list[SuitePr
     wire_example_picker(example, examples, prompt, max_new)
     wire_document_upload(document_file, document, status)
     tab = PlaygroundTab(runner, store, prompt, strategy, sampling, max_new, target, raw, document, run_button,
-                        stop_button, status, view)
-    tab.wire()
+                        stop_button, status, view, device)
+    strategy.show_defaults_on_load(demo)
+    tab.wire(gate)
     return tab
