@@ -1,4 +1,4 @@
-"""Command line: `specviz run`, `strategies`, `bench`, `gpu-check`, `train-drafter`, `train-predictor`, `train-diffusion`.
+"""Command line: `specviz run`, `strategies`, and the tools in `TOOLS` (bench, bench-memory, load-test, gpu-check, train-*).
 
 User mistakes (bad parameters, empty prompts, unknown models) print one line to stderr and exit
 with status 2; nothing prints a traceback for them.
@@ -7,6 +7,7 @@ with status 2; nothing prints a traceback for them.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sqlite3
@@ -21,6 +22,17 @@ from .runner import RunRequest, Runner, read_document_file, read_text_file
 from .store import RunStore, default_db_path
 
 EXIT_USAGE = 2
+# Subcommands with their own argument parser: name -> (module with main(argv) -> exit status, one-line help)
+TOOLS: dict[str, tuple[str, str]] = {
+    "bench": (".bench", "benchmark strategies on the prompt suite"),
+    "bench-memory": (".memory_bench", "resident memory per strategy and over many runs in one process"),
+    "load-test": (".load_test", "a room of concurrent API users pressing Run"),
+    "gpu-check": (".gpu_check", "run a hub-free model on a CUDA device: greedy identity and timings"),
+    "train-drafter": (".training.distill", "train small drafters for a target"),
+    "train-predictor": (".training.predictor", "fit SpecDec++'s acceptance predictor"),
+    "train-heads": (".training.heads", "train the EAGLE and Medusa draft heads"),
+    "train-diffusion": (".training.diffusion", "train the masked-diffusion drafter"),
+}
 
 
 class _ArgumentParser(argparse.ArgumentParser):
@@ -65,18 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     strategies = sub.add_parser("strategies", help="list strategies and their parameters")
     strategies.add_argument("--json", action="store_true")
 
-    sub.add_parser("bench", help="benchmark strategies on the prompt suite (specviz bench --help)", add_help=False)
-    sub.add_parser("load-test", help="a room of concurrent API users pressing Run (specviz load-test --help)",
-                   add_help=False)
-    sub.add_parser("gpu-check", help="run a hub-free model on a CUDA device: greedy identity and timings "
-                                     "(specviz gpu-check --help)", add_help=False)
-    sub.add_parser("train-drafter", help="train small drafters for a target (specviz train-drafter --help)", add_help=False)
-    sub.add_parser("train-predictor", help="fit SpecDec++'s acceptance predictor (specviz train-predictor --help)",
-                   add_help=False)
-    sub.add_parser("train-heads", help="train the EAGLE and Medusa draft heads (specviz train-heads --help)",
-                   add_help=False)
-    sub.add_parser("train-diffusion", help="train the masked-diffusion drafter (specviz train-diffusion --help)",
-                   add_help=False)
+    for name, (_module, help_text) in TOOLS.items():
+        sub.add_parser(name, help=f"{help_text} (specviz {name} --help)", add_help=False)
     return parser
 
 
@@ -157,34 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        if argv[:1] == ["bench"]:  # the benchmark has its own argument parser
-            from .bench import main as bench_main
-
-            return bench_main(argv[1:])
-        if argv[:1] == ["gpu-check"]:
-            from .gpu_check import main as gpu_check_main
-
-            return gpu_check_main(argv[1:])
-        if argv[:1] == ["load-test"]:
-            from .load_test import main as load_test_main
-
-            return load_test_main(argv[1:])
-        if argv[:1] == ["train-drafter"]:  # so does training
-            from .training.distill import main as train_main
-
-            return train_main(argv[1:])
-        if argv[:1] == ["train-predictor"]:
-            from .training.predictor import main as predictor_main
-
-            return predictor_main(argv[1:])
-        if argv[:1] == ["train-heads"]:
-            from .training.heads import main as heads_main
-
-            return heads_main(argv[1:])
-        if argv[:1] == ["train-diffusion"]:
-            from .training.diffusion import main as diffusion_main
-
-            return diffusion_main(argv[1:])
+        if argv[:1] and argv[0] in TOOLS:  # these have their own argument parsers
+            module = importlib.import_module(TOOLS[argv[0]][0], __package__)
+            return module.main(argv[1:])
         try:
             args = build_parser().parse_args(argv)
         except SystemExit as exc:  # argparse's usage errors and --help

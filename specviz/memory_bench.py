@@ -76,12 +76,12 @@ class StrategyMemory:
 
 
 def _cached(models: ModelCache) -> list[str]:
-    return [spec for spec, _device in models._models]  # the cache's keys, in LRU order
+    return [spec for spec, _device, _model in models.loaded()]
 
 
 def _breakdown(models: ModelCache) -> list[dict]:
     rows = []
-    for (spec, device), loaded in list(models._models.items()):
+    for spec, device, loaded in models.loaded():
         params, packed = model_bytes(loaded.model)
         rows.append({"model": spec, "device": device, "parameters_mb": round(params / MB, 1),
                      "packed_copies_mb": round(packed / MB, 1)})

@@ -94,3 +94,8 @@ class ModelCache:
 
     def __len__(self) -> int:
         return len(self._models)
+
+    def loaded(self) -> list[tuple[str, str, LoadedModel]]:
+        """What the cache holds now, least recently used first: (spec, device, model)."""
+        with self._lock:
+            return [(spec, device, model) for (spec, device), model in self._models.items()]
