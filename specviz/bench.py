@@ -586,6 +586,31 @@ def reference_markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """Refuse bad arguments before any model loads (parser.error exits with status 2); returns the device."""
+    if args.out:
+        try:
+            check_output_file(args.out, "--out")  # now, not after the whole benchmark
+        except ConfigError as exc:
+            parser.error(str(exc))
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    if args.hf_lookup_tokens < 1 or args.reference_k < 1:
+        parser.error("--hf-lookup-tokens and --reference-k must be at least 1")
+    if not args.kernels:
+        try:
+            parse_selection(args.strategies)  # before loading any model
+        except ConfigError as exc:
+            parser.error(f"--strategies: {exc}")
+    try:
+        device = resolve_device(args.device, "--device")
+    except ConfigError as exc:
+        parser.error(str(exc))
+    if args.kernels and device != "cpu":
+        parser.error("--kernels times the CPU kernels: use it with --device cpu")
+    return device
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="specviz bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--strategies", default=DEFAULT_STRATEGIES,
@@ -616,26 +641,7 @@ def main(argv: list[str] | None = None) -> int:
                              "calibration's choice")
     parser.add_argument("--out", help="write rows and summaries to this JSON file")
     args = parser.parse_args(argv)
-    if args.out:
-        try:
-            check_output_file(args.out, "--out")  # now, not after the whole benchmark
-        except ConfigError as exc:
-            parser.error(str(exc))
-    if args.repeats < 1:
-        parser.error("--repeats must be at least 1")
-    if args.hf_lookup_tokens < 1 or args.reference_k < 1:
-        parser.error("--hf-lookup-tokens and --reference-k must be at least 1")
-    if not args.kernels:
-        try:
-            parse_selection(args.strategies)  # before loading any model
-        except ConfigError as exc:
-            parser.error(f"--strategies: {exc}")
-    try:
-        device = resolve_device(args.device, "--device")
-    except ConfigError as exc:
-        parser.error(str(exc))
-    if args.kernels and device != "cpu":
-        parser.error("--kernels times the CPU kernels: use it with --device cpu")
+    device = check_arguments(parser, args)
     if args.threads:
         torch.set_num_threads(args.threads)
     models = ModelCache(device=device)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -20,8 +21,10 @@ from engine import EMBEDDED_DEFAULT, LoadedModel, ModelCache
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROMPTS_PATH = REPO_ROOT / "assets" / "prompts.jsonl"
 
-# The machines that run this suite have 2 cores; more threads only add contention.
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# The machines that run this suite have 2 cores, shared by the pytest-xdist workers (pyproject's addopts): each
+# worker gets its share, so the processes never spin against each other.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, torch.get_num_threads()) // _WORKERS))
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +35,36 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# --------------------------------------------------------------------------- scheduling
+
+# The longest files first (measured with --durations), so that pytest-xdist's loadfile scheduling never leaves one
+# worker alone on a long file at the end. Only when tests run changes, never what they check.
+LONGEST_FIRST = (
+    "test_feature_heads.py", "test_golden_traces.py", "test_tree_decoding.py", "test_retrieval.py",
+    "test_api_client.py", "test_crash_recovery.py", "test_engine_tiny.py", "test_length_policies.py",
+    "test_browser.py", "test_pearl.py", "test_diffusion_decoding.py", "test_cli.py", "test_hostile_inputs.py",
+    "test_models.py", "test_self_speculation.py", "test_trained_drafters.py", "test_ui_client.py", "test_bench.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FIRST)))  # stable: a file keeps its own order
+
+
+# --------------------------------------------------------------------------- sweeps
+
+
+def sweep(cases: list, default: list) -> list:
+    """Parametrize over `cases`; those not in `default` carry the `exhaustive` marker, so the default run (pyproject's
+    addopts) takes `default` and `python -m pytest -m exhaustive` the rest. Each default list keeps every strategy or
+    path at least once: a sweep adds settings, never a strategy the default run leaves unproven."""
+    missing = [case for case in default if case not in cases]
+    assert not missing, f"default cases not among the cases: {missing}"
+    return [case if case in default else pytest.param(*(case if isinstance(case, tuple) else (case,)),
+                                                      marks=pytest.mark.exhaustive) for case in cases]
 
 
 # --------------------------------------------------------------------------- prompt suite

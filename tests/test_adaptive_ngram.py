@@ -13,7 +13,7 @@ import json
 import pytest
 import torch
 
-from conftest import chi_square_critical, chi_square_statistic
+from conftest import chi_square_critical, chi_square_statistic, sweep
 from engine.events import StepFeedback
 from engine import ConfigError, SamplingConfig, SpeculativeDecoder, build_decoder, parse_strategy, run_to_completion
 from engine.drafting.policies import ConstantLength
@@ -365,7 +365,7 @@ def exact_first_three(model, prompt: list[int], sampling: SamplingConfig) -> dic
     return joint
 
 
-@pytest.mark.parametrize("sampling_name", list(SAMPLINGS))
+@pytest.mark.parametrize("sampling_name", sweep(list(SAMPLINGS), default=["t0.7-k8-p0.9"]))
 def test_sampling_first_three_tokens_follow_the_target(sampling_name, tiny_target):
     """N_RUNS seeded runs, K = 2, on [a, b, c, a, b]: the first step drafts [c, a] from the table;
     the second step drafts from a table that has ingested the first step's tokens and recorded its

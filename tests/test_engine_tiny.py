@@ -21,6 +21,7 @@ from conftest import (
     chi_square_critical,
     chi_square_statistic,
     make_tiny_loaded,
+    sweep,
 )
 from engine import (
     EngineError,
@@ -249,8 +250,9 @@ def residual_bug_noncentrality(p: torch.Tensor, q: torch.Tensor | None, draft_to
     return n * float(((buggy[support] - p[support]) ** 2 / p[support]).sum())
 
 
-@pytest.mark.parametrize("sampling_name", list(SAMPLINGS))
-@pytest.mark.parametrize("strategy", ["draft_model_noisy", "early_exit_1", "prompt_lookup"])
+@pytest.mark.parametrize("strategy, sampling_name", sweep(
+    [(s, n) for s in ("draft_model_noisy", "early_exit_1", "prompt_lookup") for n in SAMPLINGS],
+    default=[("draft_model_noisy", "t0.7-k8-p0.9"), ("early_exit_1", "t1"), ("prompt_lookup", "t0.7-k8-p0.9")]))
 def test_sampling_first_two_tokens_follow_the_target(strategy, sampling_name, tiny_target, drafters):
     """N_RUNS seeded runs (seeds 0..N_RUNS-1), max_new_tokens 3, K = 2: the first step drafts 2
     tokens, so accepted/accepted, accepted/rejected and rejected-at-0 paths all feed the first two

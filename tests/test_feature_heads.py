@@ -13,7 +13,7 @@ import json
 import pytest
 import torch
 
-from conftest import chi_square_critical, chi_square_statistic, load_prompts
+from conftest import chi_square_critical, chi_square_statistic, load_prompts, sweep
 from engine import SamplingConfig, SpeculativeDecoder, build_decoder, encode_prompt, parse_strategy, run_to_completion
 from engine.decoding.tree import TreeDecoder
 from engine.drafting.policies import ConstantLength
@@ -26,7 +26,7 @@ from engine.loading.feature_drafters import EagleHead, MedusaHeads
 from test_engine_tiny import ALPHA, N_RUNS, PROMPTS, SAMPLINGS, exact_first_two, lookup_friendly_prompt
 from test_self_speculation import first_two_counts_of
 
-pytestmark = pytest.mark.usefixtures("single_thread")
+pytestmark = [pytest.mark.usefixtures("single_thread"), pytest.mark.xdist_group("feature_heads")]  # one worker: later tests read what earlier ones totalled
 
 
 @pytest.fixture(scope="module")
@@ -95,8 +95,11 @@ def test_greedy_output_equals_the_baseline(kind, tiny_target, heads):
     assert drafted > 0
 
 
-SAMPLING_CASES = [("eagle_chain", "t1"), ("eagle_chain", "t0.7-k8-p0.9"), ("medusa_chain", "t1"),
-                  ("eagle_dynamic", "t1"), ("eagle_rsd", "t0.7-k8-p0.9"), ("medusa_tree", "t1"), ("hybrid", "t1")]
+SAMPLING_CASES = sweep(
+    [("eagle_chain", "t1"), ("eagle_chain", "t0.7-k8-p0.9"), ("medusa_chain", "t1"), ("eagle_dynamic", "t1"),
+     ("eagle_rsd", "t0.7-k8-p0.9"), ("medusa_tree", "t1"), ("hybrid", "t1")],
+    default=[("eagle_chain", "t0.7-k8-p0.9"), ("medusa_chain", "t1"), ("eagle_dynamic", "t1"), ("eagle_rsd", "t0.7-k8-p0.9"),
+             ("medusa_tree", "t1"), ("hybrid", "t1")])
 
 
 @pytest.mark.parametrize(("kind", "sampling_name"), SAMPLING_CASES)
@@ -144,7 +147,7 @@ def head_acceptance():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("category", sorted(CATEGORY_PROMPTS))
+@pytest.mark.parametrize("category", sweep(sorted(CATEGORY_PROMPTS), default=["chat", "code_edit", "rag"]))
 def test_every_head_strategy_is_greedy_identical_on_every_category(category, real_model, model_cache, head_acceptance):
     ids = encode_prompt(real_model.tokenizer, CATEGORY_PROMPTS[category]["prompt"])
     baseline = run_to_completion(build_decoder(parse_strategy("ar"), real_model, model_cache, SamplingConfig()), ids, 32)

@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
+from conftest import sweep
 
 from engine.loading.linear_kernels import packed_kernel_available, pinned_kernel
 from golden_traces import (
     REAL_FILE,
+    REAL_PROMPTS,
+    RECORDED_THREADS,
     TINY_FILE,
     case_key,
     first_difference,
@@ -25,9 +29,34 @@ TINY = json.loads(TINY_FILE.read_text())
 REAL = json.loads(REAL_FILE.read_text())
 
 
+# Each recorded case on one of its prompts by default (taken in turn); every prompt under -m exhaustive.
+_ALL_REAL = list(real_cases())  # strategy by strategy, each on every prompt
+REAL_CASES = sweep(_ALL_REAL, default=[case for i, case in enumerate(_ALL_REAL)
+                                       if i % len(REAL_PROMPTS) == (i // len(REAL_PROMPTS)) % len(REAL_PROMPTS)])
+
+
+@pytest.fixture(autouse=True)
+def recorded_threads():
+    """Replay with the thread count the traces were recorded with (a pytest-xdist worker runs on fewer)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(RECORDED_THREADS)
+    yield
+    torch.set_num_threads(before)
+
+
 def test_the_recorded_cases_are_the_cases_defined():
     assert sorted(TINY) == sorted(case_key(*case) for case in tiny_cases())
     assert sorted(REAL) == sorted(case_key(*case) for case in real_cases())
+
+
+def test_every_recorded_real_trace_has_ars_tokens():
+    """Greedy identity is in the recordings: every strategy's tokens equal ar's on the same prompt, so replaying a trace
+    unchanged (below) shows that strategy greedy-identical on the real model (test_engine_real runs the rest)."""
+    def tokens(key):
+        return [t["token_id"] for step in REAL[key] for t in step["new_tokens"]]
+
+    for strategy, params, prompt in real_cases():
+        assert tokens(case_key(strategy, params, prompt)) == tokens(case_key("ar", {}, prompt)), (strategy, params, prompt)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +79,7 @@ def suite():
 
 @pytest.mark.slow
 @pytest.mark.skipif(not packed_kernel_available(), reason="the traces were recorded on the packed oneDNN kernel")
-@pytest.mark.parametrize("strategy,params,prompt", list(real_cases()), ids=[case_key(*c) for c in real_cases()])
+@pytest.mark.parametrize("strategy,params,prompt", REAL_CASES, ids=[case_key(*c) for c in real_cases()])
 def test_real_greedy_trace_is_unchanged(model_cache, real_model, suite, strategy, params, prompt):
     with pinned_kernel("packed"):
         actual = normalise(run_real_case(model_cache, real_model, suite, strategy, params, prompt))

@@ -37,6 +37,7 @@ from specviz.ui.compare_tab import side_stream  # noqa: E402
 from specviz.ui.history_tab import history_frame, load_run  # noqa: E402
 
 pytestmark = [
+    pytest.mark.xdist_group("hostile_inputs"),  # one worker: the tests share a launched app and run in order
     pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
     pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
 ]

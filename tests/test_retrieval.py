@@ -320,7 +320,7 @@ ALPHA = 1e-3  # a correct engine fails a given (fixed-seed) case with probabilit
     "path, settings",
     [
         ("retrieved,retrieved", dict(temperature=1.0)),
-        ("retrieved,drafter", dict(temperature=1.0)),
+        pytest.param("retrieved,drafter", dict(temperature=1.0), marks=pytest.mark.exhaustive),
         ("retrieved,drafter", dict(temperature=0.7, top_k=8, top_p=0.9)),
         ("pruned", dict(temperature=1.0)),
         ("retrieved,stopped", dict(temperature=1.0)),  # the drafter is never sure enough (stop_below = 1)

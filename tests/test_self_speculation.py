@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import chi_square_critical, chi_square_statistic
+from conftest import chi_square_critical, chi_square_statistic, sweep
 from engine.events import StepFeedback
 from engine import SamplingConfig, SpeculativeDecoder, early_exit_drafter, run_to_completion
 from engine.drafting.policies import ConstantLength
@@ -140,9 +140,14 @@ def _del(exits):
     return proposer, proposer
 
 
-@pytest.mark.parametrize("sampling_name", list(SAMPLINGS))
-@pytest.mark.parametrize("make", [_kangaroo, _del], ids=["kangaroo_stop", "dynamic_exit"])
-def test_sampling_first_two_tokens_follow_the_target(make, sampling_name, tiny_target, exits):
+PROPOSERS = {"kangaroo_stop": _kangaroo, "dynamic_exit": _del}
+
+
+@pytest.mark.parametrize("proposer, sampling_name", sweep(
+    [(p, n) for p in PROPOSERS for n in SAMPLINGS],
+    default=[("kangaroo_stop", "t0.7-k8-p0.9"), ("dynamic_exit", "t1")]))
+def test_sampling_first_two_tokens_follow_the_target(proposer, sampling_name, tiny_target, exits):
+    make = PROPOSERS[proposer]
     settings = SAMPLINGS[sampling_name]
     reference = SamplingConfig(**settings)
     prompt = lookup_friendly_prompt(tiny_target.model, reference)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import chi_square_critical, chi_square_statistic
+from conftest import chi_square_critical, chi_square_statistic, sweep
 from engine import SamplingConfig, SpeculativeDecoder, run_to_completion
 from engine.api import build_decoder
 from engine.errors import ConfigError
@@ -110,8 +110,11 @@ def test_ngram_continuations_merge_into_a_tree():
 
 # Every verification rule under both samplings; the other shapes under one each (the rules are also
 # checked exactly, by enumeration, in test_draft_tree.py).
-SAMPLING_CASES = [("rsd", "t1"), ("rsd", "t0.7-k8-p0.9"), ("spectr", "t1"), ("spectr", "t0.7-k8-p0.9"),
-                  ("static", "t1"), ("dynamic", "t0.7-k8-p0.9"), ("lookup", "t1"), ("fused", "t0.7-k8-p0.9")]
+SAMPLING_CASES = sweep(
+    [("rsd", "t1"), ("rsd", "t0.7-k8-p0.9"), ("spectr", "t1"), ("spectr", "t0.7-k8-p0.9"),
+     ("static", "t1"), ("dynamic", "t0.7-k8-p0.9"), ("lookup", "t1"), ("fused", "t0.7-k8-p0.9")],
+    default=[("rsd", "t1"), ("spectr", "t0.7-k8-p0.9"), ("static", "t1"), ("dynamic", "t0.7-k8-p0.9"), ("lookup", "t1"),
+             ("fused", "t0.7-k8-p0.9")])
 
 
 @pytest.mark.parametrize(("shape", "sampling_name"), SAMPLING_CASES)

@@ -18,6 +18,7 @@ from specviz.store import RunStore  # noqa: E402
 from specviz.ui import build_app, launch_local  # noqa: E402
 
 pytestmark = [
+    pytest.mark.xdist_group("ui_client"),  # one worker: the tests share a launched app and run in order
     pytest.mark.slow,
     # Gradio's own queue statistics trip pandas 3 deprecation warnings; nothing in SpecViz.
     pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
