@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -35,6 +36,23 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# --------------------------------------------------------------------------- a served explorer
+
+
+@contextlib.contextmanager
+def served_app(models: ModelCache, db_path: Path):
+    """The explorer over `models` with a fresh run log at `db_path`, served on a free loopback port: (url, store)."""
+    from specviz.store import RunStore
+    from specviz.ui import build_app, launch_local
+
+    store = RunStore(db_path)
+    demo = build_app(models, store)
+    try:
+        yield launch_local(demo), store
+    finally:
+        demo.close()
 
 
 # --------------------------------------------------------------------------- scheduling

@@ -26,12 +26,11 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 gradio_client = pytest.importorskip("gradio_client")
 
+from conftest import served_app  # noqa: E402
 from engine import describe_strategies, parse_strategy  # noqa: E402
 from engine.errors import ModelLoadError  # noqa: E402
 from engine.loading.models import EMBEDDED_MODELS  # noqa: E402
 from specviz.compare import describe_error, redact_paths  # noqa: E402
-from specviz.store import RunStore  # noqa: E402
-from specviz.ui import build_app, launch_local  # noqa: E402
 from specviz.ui.inputs import PARAM_FIELDS, strategy_from_inputs  # noqa: E402
 from specviz.ui.sessions import BUSY_MESSAGE, RunGate, SessionBusyError  # noqa: E402
 
@@ -128,13 +127,8 @@ def test_error_messages_carry_no_server_paths():
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory, model_cache):
-    store = RunStore(tmp_path_factory.mktemp("api-client") / "runs.db")
-    demo = build_app(model_cache, store)  # the session's shared ModelCache (tests/conftest.py)
-    url = launch_local(demo)
-    try:
+    with served_app(model_cache, tmp_path_factory.mktemp("api-client") / "runs.db") as (url, store):
         yield url, gradio_client.Client(url, verbose=False), store
-    finally:
-        demo.close()
 
 
 def _status(result) -> str:

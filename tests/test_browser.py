@@ -18,8 +18,8 @@ if not CHROMIUM.exists():
     pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
 
-from specviz.store import RunStore  # noqa: E402
-from specviz.ui import build_app, launch_local  # noqa: E402
+from conftest import served_app  # noqa: E402
+
 
 pytestmark = [
     pytest.mark.xdist_group("browser"),  # one worker: the tests share a launched app and run in order
@@ -37,13 +37,8 @@ LONG = 180_000  # ms: generous, the machine may be shared
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, model_cache):
-    store = RunStore(tmp_path_factory.mktemp("ui-browser") / "runs.db")
-    demo = build_app(model_cache, store)  # the session's shared ModelCache (tests/conftest.py)
-    url = launch_local(demo)
-    try:
-        yield url, store
-    finally:
-        demo.close()
+    with served_app(model_cache, tmp_path_factory.mktemp("ui-browser") / "runs.db") as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
