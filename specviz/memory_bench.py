@@ -48,11 +48,16 @@ def resident_bytes() -> int:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: the figure then includes the allocator's slack
         pass
+    return _status_bytes("VmRSS")
+
+
+def _status_bytes(field: str) -> int:
+    """A memory figure of this process from /proc/self/status (VmRSS: resident now, VmHWM: its peak)."""
     with open("/proc/self/status", encoding="ascii") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
-    raise OSError("no VmRSS in /proc/self/status")
+    raise OSError(f"no {field} in /proc/self/status")
 
 
 def model_bytes(model: torch.nn.Module) -> tuple[int, int]:
@@ -130,17 +135,9 @@ def measure(strategies: list[str], runs: int, max_new_tokens: int, max_models: i
         figures.update(warm_mb=round(warm / MB, 1), end_mb=round(end / MB, 1), growth_mb=round((end - warm) / MB, 1),
                        samples=samples, logged_runs=runner.store.db["runs"].count)
     figures["model_cache"] = _breakdown(models)
-    figures["peak_mb"] = round(_peak_bytes() / MB, 1)
+    figures["peak_mb"] = round(_status_bytes("VmHWM") / MB, 1)
     figures["wall_s"] = round(time.perf_counter() - started, 1)
     return figures
-
-
-def _peak_bytes() -> int:
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def markdown(figures: dict) -> str:
