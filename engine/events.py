@@ -190,3 +190,26 @@ class StepEvent:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StepEvent:
+        """The inverse of `to_dict` (e.g. after a JSON round trip: lists back to tuples)."""
+
+        def cands(items) -> tuple[TokenCandidate, ...]:
+            return tuple(TokenCandidate(**c) for c in items or ())
+
+        timings = d["timings"]
+        return cls(
+            index=d["index"],
+            context_length=d["context_length"],
+            decision=LengthDecision(**d["decision"]),
+            draft=tuple(DraftedToken(**{**t, "target_top": cands(t.get("target_top"))}) for t in d["draft"]),
+            output=OutputToken(**{**d["output"], "residual_top": cands(d["output"].get("residual_top"))}),
+            new_tokens=tuple(NewToken(**t) for t in d["new_tokens"]),
+            target_forwards=d["target_forwards"],
+            timings=PhaseTimings(**{**timings, "phases": tuple(WorkerPhase(**p) for p in timings.get("phases") or ())}),
+            stop_reason=d.get("stop_reason"),
+            proposer_info=d.get("proposer_info") or {},
+            tree=tuple(TreeNode(**n) for n in d.get("tree") or ()),
+            lattice=tuple(LatticeColumn(**{**c, "candidates": cands(c.get("candidates"))}) for c in d.get("lattice") or ()),
+        )

@@ -28,6 +28,7 @@ TOOLS: dict[str, tuple[str, str]] = {
     "bench-memory": (".memory_bench", "resident memory per strategy and over many runs in one process"),
     "load-test": (".load_test", "a room of concurrent API users pressing Run"),
     "gpu-check": (".gpu_check", "run a hub-free model on a CUDA device: greedy identity and timings"),
+    "record-traces": (".traces", "re-record the traces the page and the lessons replay (assets/traces)"),
     "train-drafter": (".training.distill", "train small drafters for a target"),
     "train-predictor": (".training.predictor", "fit SpecDec++'s acceptance predictor"),
     "train-heads": (".training.heads", "train the EAGLE and Medusa draft heads"),

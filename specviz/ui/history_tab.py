@@ -21,6 +21,7 @@ from engine import SpecVizError, StepEvent
 from engine.errors import ConfigError
 from specviz.limits import SQLITE_MAX_INT, check_text
 from specviz.store import RunStore
+from specviz.traces import RunSetup
 
 from . import render
 from .controls import explain
@@ -61,7 +62,8 @@ class HistoryTab:
             run, events = load_run(self.store, run_id)
         except SpecVizError as exc:
             return {self.status: render.status_html(str(exc), "error")}
-        state = run_state(events, run["prompt"], run.get("strategy_label") or run["strategy"], run["id"], False)
+        state = run_state(events, run["prompt"], run.get("strategy_label") or run["strategy"], run["id"], False,
+                          RunSetup.from_row(run))
         return {self.status: render.status_html(run_summary(run, events), "ok"), self.run_id: run["id"],
                 self.document: document_update(run), **self.view.render(state, note=run_settings(run))}
 
@@ -81,7 +83,7 @@ class HistoryTab:
         delay = min(0.25, 12.0 / max(len(events), 1))
         yield {self.document: document_update(run)}
         for i in range(1, len(events) + 1):
-            state = run_state(events[:i], run["prompt"], label, run["id"], i < len(events))
+            state = run_state(events[:i], run["prompt"], label, run["id"], i < len(events), RunSetup.from_row(run))
             yield {self.status: render.status_html(f"Replaying run #{run['id']}: step {i} of {len(events)}", "running"),
                    **self.view.render(state, running=i < len(events), plot=(i % PLOT_EVERY_STEPS == 0 or i == len(events)))}
             time.sleep(delay)

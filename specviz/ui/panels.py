@@ -15,6 +15,7 @@ import gradio as gr
 from engine import RunMetrics, StepEvent
 from specviz.figures import acceptance_figure, draft_length_figure, draft_tree_figure, lattice_figure, phase_figure
 from specviz.store import RunStore
+from specviz.traces import RunSetup
 
 from . import render
 from .controls import QUIET, explain
@@ -36,8 +37,11 @@ def wait_until_closed(store: RunStore, run_ids: list[int | None], timeout_s: flo
     return True
 
 
-def run_state(events: list[StepEvent], prompt: str, label: str, run_id: int | None, running: bool) -> dict:
-    return {"events": list(events), "prompt": prompt, "label": label, "run_id": run_id, "running": running}
+def run_state(events: list[StepEvent], prompt: str, label: str, run_id: int | None, running: bool,
+              setup: RunSetup | None = None) -> dict:
+    """A RunView's state. `setup`: what the run was asked to do (re-creates its context for what-if and fork)."""
+    return {"events": list(events), "prompt": prompt, "label": label, "run_id": run_id, "running": running,
+            "setup": setup}
 
 
 def _slider_update(n_events: int, value: int | None = None) -> dict:

@@ -22,6 +22,7 @@ from specviz.compare import prepare_in_thread
 from specviz.prompts import SuitePrompt
 from specviz.runner import PreparedRun, RunRequest, Runner, RunUpdate
 from specviz.store import RunStore
+from specviz.traces import RunSetup
 
 from . import render
 from .controls import (
@@ -109,13 +110,16 @@ class PlaygroundTab:
         yield from self._stream(prepared, label)
 
     def _stream(self, prepared: PreparedRun, label: str) -> Iterator[dict]:
-        prompt = prepared.request.prompt
+        request = prepared.request
+        prompt = request.prompt
+        setup = RunSetup.of(prompt, request.strategy, request.sampling, request.max_new_tokens, request.target,
+                            request.raw, request.document)
         updates = self.runner.stream(prepared)
         throttle = PlotThrottle()
         update: RunUpdate | None = None
         try:
             for update in updates:
-                state = run_state(update.events, prompt, label, update.run_id, not update.done)
+                state = run_state(update.events, prompt, label, update.run_id, not update.done, setup)
                 out = self.view.render(state, running=not update.done, plot=throttle.due(len(update.events), update.done))
                 if update.done:
                     m = update.metrics
@@ -125,7 +129,7 @@ class PlaygroundTab:
                 yield out
         except Exception as exc:  # SpecVizError: the person's message; anything else: logged, summarised
             events = update.events if update else []
-            yield {self.status: error_status(exc), **self.view.render(run_state(events, prompt, label, None, False))}
+            yield {self.status: error_status(exc), **self.view.render(run_state(events, prompt, label, None, False, setup))}
         finally:
             updates.close()  # a Stop (generator closed) marks the run "stopped" in the log
 
