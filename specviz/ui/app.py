@@ -19,18 +19,21 @@ from typing import Any
 
 import gradio as gr
 
-from engine import ModelCache
+from engine import ModelCache, parse_strategy
 from specviz.limits import RunLimits
-from specviz.runner import Runner
+from specviz.runner import RunRequest, Runner
 from specviz.store import RunStore
+from specviz.traces import bundled_traces
 
 from .compare_tab import build_compare_tab
 from .controls import load_example_prompts
 from .history_tab import build_history_tab
 from .multi_draft_tab import build_multi_draft_tab
-from .playground_tab import build_playground_tab
+from .playground_tab import PLAYGROUND_STRATEGY, build_playground_tab
 from .public import apply_public_limits, limits_note
 from .sessions import RunGate
+from .workshop import HEAD as WORKSHOP_HEAD, build_toolbar
+from .warmup import ModelWarmup
 
 ROOT = Path(__file__).resolve().parents[2]
 ASSETS = ROOT / "assets"
@@ -45,6 +48,9 @@ QUEUE_MAX_SIZE = 100
 # time: the CPU has two cores); log reads, replays and page updates have their own groups or none, so they never
 # wait behind model runs.
 DEFAULT_CONCURRENCY = 2
+# What the background warm-up prepares: the Playground's default strategy on the embedded default target.
+WARMUP_REQUEST = RunRequest(prompt="Hello", strategy=parse_strategy(PLAYGROUND_STRATEGY), max_new_tokens=2,
+                            source="warmup")
 
 HEADER = """
 <div class="sv-header">
@@ -61,13 +67,16 @@ def build_app(models: ModelCache, store: RunStore, limits: RunLimits = RunLimits
     and API); `RunLimits.public_space()` also says so in the page and narrows the widgets (specviz.ui.public)."""
     runner = Runner(models, store, limits)
     examples = load_example_prompts()
+    traces = bundled_traces()  # recorded runs: the page plays one at once, no model needed
+    warmup = ModelWarmup(Runner(models, None, limits), WARMUP_REQUEST)  # the live model, loaded in the background
     gate = RunGate()  # one model run at a time per session, across the Playground and Compare
     with gr.Blocks(title="SpecViz — speculative decoding explorer", analytics_enabled=False) as demo:
+        build_toolbar()  # dark mode, projector mode, keyboard hint (specviz.ui.workshop)
         gr.HTML(HEADER, js_on_load=None)
         limits_note(limits)
         with gr.Tabs():
             with gr.Tab("Playground", id="playground", elem_id="tab-playground"):
-                build_playground_tab(runner, store, examples, gate, demo)
+                build_playground_tab(runner, store, examples, gate, demo, traces.get("showcase"), warmup)
             with gr.Tab("Compare", id="compare", elem_id="tab-compare"):
                 build_compare_tab(runner, store, examples, gate, demo)
             with gr.Tab("History", id="history", elem_id="tab-history") as history_tab:
@@ -115,4 +124,6 @@ def launch_app(demo: gr.Blocks, **kwargs: Any):
     css = load_css()
     if css is not None:
         kwargs.setdefault("css", css)
+    # the workshop script (theme and projector toggles, keyboard stepping, aria-labels) first, a caller's head after
+    kwargs["head"] = WORKSHOP_HEAD + (kwargs.get("head") or "")
     return demo.launch(**kwargs)

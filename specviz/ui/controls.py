@@ -230,6 +230,21 @@ def build_example_picker(examples: list[SuitePrompt], elem_id: str | None = None
                        value=None, label="Example prompts", visible=bool(examples), elem_id=elem_id)
 
 
+def build_category_picker(examples: list[SuitePrompt], elem_id: str | None = None) -> gr.Radio:
+    """One button per category of the suite: picking one puts that category's first example in the prompt box."""
+    categories = list(dict.fromkeys(row.category for row in examples))
+    return gr.Radio(categories, value=None, label="Try an example from a category", visible=bool(categories),
+                    elem_id=elem_id, elem_classes=["category-picker"])
+
+
+def wire_category_picker(category: gr.Radio, examples: list[SuitePrompt], example: gr.Dropdown) -> None:
+    """Picking a category selects its first example in `example` (whose change fills the prompt and length)."""
+    first = {}
+    for row in examples:
+        first.setdefault(row.category, row.id)
+    category.change(lambda name: first.get(name, gr.skip()) if name else gr.skip(), category, example, **QUIET)
+
+
 def wire_example_picker(example: gr.Dropdown, examples: list[SuitePrompt], prompt: gr.Textbox, max_new: gr.Slider) -> None:
     """Picking an example fills the prompt box and sets its max new tokens."""
     by_id = {row.id: row for row in examples}

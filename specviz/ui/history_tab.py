@@ -65,7 +65,7 @@ class HistoryTab:
         state = run_state(events, run["prompt"], run.get("strategy_label") or run["strategy"], run["id"], False,
                           RunSetup.from_row(run))
         return {self.status: render.status_html(run_summary(run, events), "ok"), self.run_id: run["id"],
-                self.document: document_update(run), **self.view.render(state, note=run_settings(run))}
+                self.document: document_update(run), **self.view.settle(state, note=run_settings(run))}
 
     def select_row(self, evt: gr.SelectData) -> dict:
         row = getattr(evt, "row_value", None)
@@ -133,9 +133,11 @@ def build_history_tab(store: RunStore, tab: gr.Tab, demo: gr.Blocks) -> HistoryT
     with gr.Row(equal_height=False):
         with gr.Column(scale=6, min_width=380):
             inspector_panel = build_inspector_panel("history-")
+            # WHAT-IF PANEL: built here, under the step inspector
         with gr.Column(scale=5, min_width=360):
             plot_panel = build_plot_panel("history-")
     view = RunView.assemble(stream_panel, inspector_panel, plot_panel)
+    # WHAT-IF PANEL: wired here
     history = HistoryTab(store, strategy, search, refresh, table, run_id, open_button, replay_button, status, document, view)
     history.wire(tab, demo)
     return history

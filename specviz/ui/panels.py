@@ -20,6 +20,9 @@ from specviz.traces import RunSetup
 from . import render
 from .controls import QUIET, explain
 
+PLAY_LABEL, PAUSE_LABEL = "▶ Play", "⏸ Pause"
+MIN_SPEED, DEFAULT_SPEED, MAX_SPEED = 0.5, 2.0, 8.0  # playback, in steps per second
+PLAYBACK_SPEEDS = [(f"{x:g} steps/s", x) for x in (0.5, 1.0, 2.0, 4.0, 8.0)]
 PLOT_EVERY_STEPS = 4  # Gradio re-sends figures whole: refresh the plots every few steps while streaming or replaying
 
 
@@ -42,6 +45,30 @@ def run_state(events: list[StepEvent], prompt: str, label: str, run_id: int | No
     """A RunView's state. `setup`: what the run was asked to do (re-creates its context for what-if and fork)."""
     return {"events": list(events), "prompt": prompt, "label": label, "run_id": run_id, "running": running,
             "setup": setup}
+
+
+def most_informative_step(events: list[StepEvent]) -> int | None:
+    """The step a learner should see first: one where the target both kept and refused drafted tokens, with the
+    richest proposal (a tree's or lattice's shape, the most drafted tokens); ties go to the earliest. None: no steps.
+
+    The last step is the default otherwise, and often the least telling one (the budget left nothing to draft)."""
+    if not events:
+        return None
+
+    def score(e: StepEvent) -> tuple:
+        drafted, accepted = e.num_drafted, e.num_accepted
+        mixed = accepted > 0 and e.output.kind == "recovered"  # kept some, refused one: every verdict on show
+        shape = len(e.tree) + len(e.lattice)
+        return (mixed, accepted > 0, min(shape, 12) + drafted, -e.index)
+
+    return max(events, key=score).index
+
+
+def shown_events(state: dict | None) -> list[StepEvent]:
+    """The events a view shows: all of them, or the first `shown` while a playback unfolds the run."""
+    events = (state or {}).get("events") or []
+    shown = (state or {}).get("shown")
+    return events if shown is None else events[:shown]
 
 
 def _slider_update(n_events: int, value: int | None = None) -> dict:
@@ -83,23 +110,29 @@ class RunView:
     inspector: gr.HTML
     tree_plot: gr.Plot
     lattice_plot: gr.Plot
+    play: gr.Button
+    speed: gr.Dropdown
     plot: gr.Plot
     length_plot: gr.Plot
     phase_plot: gr.Plot
     state: gr.State
+    timer: gr.Timer
 
     @classmethod
     def assemble(cls, stream_panel: tuple, inspector_panel: tuple, plot_panel: tuple) -> RunView:
         """The view over what build_stream_panel, build_inspector_panel and build_plot_panel returned, with its
         step navigation wired."""
-        view = cls(*stream_panel, *inspector_panel, *plot_panel, gr.State(None))
+        view = cls(*stream_panel, *inspector_panel, *plot_panel, gr.State(None), gr.Timer(1.0, active=False))
         view.wire_navigation()
+        view.wire_playback()
         return view
 
     def render(self, state: dict | None, focus: int | None = None, *, running: bool = False, plot: bool = True,
                note: str | None = None) -> dict:
-        """Output dict for all panels from a run state (events, prompt, ...)."""
-        events = (state or {}).get("events") or []
+        """Output dict for all panels from a run state (events, prompt, ...); `focus`: the step the inspector shows
+        (default: the latest)."""
+        events = shown_events(state)
+        note = note if note is not None else (state or {}).get("note")
         prompt = (state or {}).get("prompt")
         label = (state or {}).get("label")
         metrics = RunMetrics.from_events(events) if events else None
@@ -129,11 +162,65 @@ class RunView:
         return [self.state, self.stream, self.metrics, self.slider, self.inspector, self.tree_plot, self.lattice_plot,
                 self.plot, self.length_plot, self.phase_plot]
 
+    def settle(self, state: dict | None, **kwargs) -> dict:
+        """Render a finished (or opened) run, whole, on its most informative step. A playback in progress stops at
+        its next tick (the state no longer says "playing")."""
+        events = (state or {}).get("events") or []
+        state = {**state, "shown": None, "playing": False} if state else state
+        return self.render(state, most_informative_step(events), **kwargs)
+
+    def start_playback(self, state: dict, speed: float, first: int = 0) -> dict:
+        """Unfold `state`'s run step by step from step `first`, `speed` steps per second (see wire_playback)."""
+        events = state.get("events") or []
+        shown = max(1, min(first + 1, len(events)))
+        state = {**state, "shown": shown, "playing": True, "running": False}
+        return {**self.render(state, shown - 1), self.timer: gr.Timer(value=_interval(speed), active=True),
+                self.play: gr.update(value=PAUSE_LABEL)}
+
+    def wire_playback(self) -> None:
+        """Play / Pause and speed: unfold a finished run step by step (the token stream grows, the inspector follows
+        the newest step). Server-side timer, no model involved; a live run ignores them."""
+        playback = [self.timer, self.play]
+
+        def toggle(state, step, speed):
+            events = (state or {}).get("events") or []
+            if not events or state.get("running"):
+                return {}
+            if state.get("playing"):  # pause where it is: the steps so far stay shown
+                return {self.state: {**state, "playing": False}, self.timer: gr.Timer(active=False),
+                        self.play: gr.update(value=PLAY_LABEL)}
+            shown = state.get("shown")
+            if shown is not None:  # paused mid-way: go on with the next step
+                first = shown
+            else:  # the whole run is shown: play from the chosen step, or from the start when at the end
+                step = int(step or 0)
+                first = 0 if step >= len(events) - 1 else step
+            return self.start_playback(state, speed, first)
+
+        def tick(state):
+            events = (state or {}).get("events") or []
+            shown = (state or {}).get("shown")
+            if not events or not state.get("playing") or shown is None:
+                return {self.timer: gr.Timer(active=False), self.play: gr.update(value=PLAY_LABEL)}
+            shown += 1
+            if shown >= len(events):  # the whole run is shown: stop, on its most informative step
+                return {**self.settle(state), self.timer: gr.Timer(active=False), self.play: gr.update(value=PLAY_LABEL)}
+            state = {**state, "shown": shown}
+            return self.render(state, shown - 1, plot=shown % PLOT_EVERY_STEPS == 0)
+
+        def retime(state, speed):
+            return gr.Timer(value=_interval(speed), active=bool((state or {}).get("playing")))
+
+        outputs = self.outputs() + playback
+        self.play.click(toggle, [self.state, self.slider, self.speed], outputs, **QUIET)
+        self.timer.tick(tick, [self.state], outputs, **QUIET)
+        self.speed.change(retime, [self.state, self.speed], self.timer, **QUIET)
+
     def wire_navigation(self) -> None:
         """Slider and Previous / Next: pick a step (works during and after a run; no model involved)."""
 
         def show(step, state):
-            events = (state or {}).get("events") or []
+            events = shown_events(state)
             i = int(step or 0)
             return (
                 render.step_inspector_html(events, i),
@@ -144,7 +231,7 @@ class RunView:
             )
 
         def move(delta, step, state):
-            events = (state or {}).get("events") or []
+            events = shown_events(state)
             i = max(0, min(int(step or 0) + delta, len(events) - 1)) if events else 0
             return _slider_update(len(events), i), *show(i, state)
 
@@ -173,7 +260,12 @@ def build_stream_panel(prefix: str) -> tuple[gr.HTML, gr.HTML]:
     return stream, metrics
 
 
-def build_inspector_panel(prefix: str) -> tuple[gr.Slider, gr.Button, gr.Button, gr.HTML, gr.Plot, gr.Plot]:
+def _interval(speed: float | None) -> float:
+    """Seconds between playback steps for a speed in steps per second."""
+    return 1.0 / max(MIN_SPEED, min(MAX_SPEED, float(speed or DEFAULT_SPEED)))
+
+
+def build_inspector_panel(prefix: str) -> tuple:
     gr.Markdown("### Step inspector")
     explain(
         "One step = draft up to K tokens, then check them all in **one** target forward pass. Each drafted token "
@@ -183,15 +275,18 @@ def build_inspector_panel(prefix: str) -> tuple[gr.Slider, gr.Button, gr.Button,
         "probability, and the path through them that the target checked)."
     )
     slider = gr.Slider(0, 1, value=0, step=1, label="Step", elem_id=f"{prefix}step-slider", interactive=False)
-    with gr.Row():
+    with gr.Row(elem_classes=["step-nav"]):
         prev = gr.Button("◀ Previous", size="sm", elem_id=f"{prefix}step-prev")
+        play = gr.Button(PLAY_LABEL, size="sm", elem_id=f"{prefix}step-play")
         nxt = gr.Button("Next ▶", size="sm", elem_id=f"{prefix}step-next")
+        speed = gr.Dropdown(PLAYBACK_SPEEDS, value=DEFAULT_SPEED, label="playback speed", show_label=False,
+                            elem_id=f"{prefix}playback-speed", min_width=120, scale=0)
     # Tree strategies only: shown above the proposal table, which lists a tree's nodes one per row
     tree_plot = gr.Plot(None, visible=False, elem_id=f"{prefix}draft-tree-plot", show_label=False)
     # Diffusion strategies only, in the same place (a step has a tree or a lattice, never both)
     lattice_plot = gr.Plot(None, visible=False, elem_id=f"{prefix}lattice-plot", show_label=False)
     inspector = gr.HTML(render.step_inspector_html([]), elem_id=f"{prefix}step-inspector", js_on_load=None)
-    return slider, prev, nxt, inspector, tree_plot, lattice_plot
+    return slider, prev, nxt, inspector, tree_plot, lattice_plot, play, speed
 
 
 def build_plot_panel(prefix: str) -> tuple[gr.Plot, gr.Plot, gr.Plot]:

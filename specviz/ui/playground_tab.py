@@ -22,7 +22,7 @@ from specviz.compare import prepare_in_thread
 from specviz.prompts import SuitePrompt
 from specviz.runner import PreparedRun, RunRequest, Runner, RunUpdate
 from specviz.store import RunStore
-from specviz.traces import RunSetup
+from specviz.traces import RecordedTrace, RunSetup
 
 from . import render
 from .controls import (
@@ -32,18 +32,22 @@ from .controls import (
     StrategyControls,
     build_device_control,
     build_document_controls,
+    build_category_picker,
     build_example_picker,
     build_max_new_tokens,
     build_sampling_controls,
     build_strategy_controls,
     error_status,
     wire_document_upload,
+    wire_category_picker,
     wire_example_picker,
 )
 from .inputs import INPUT_ERRORS, named_handler, read_run_inputs
 from .sessions import RunGate
+from .warmup import ModelWarmup
 from .panels import PLOT_EVERY_STEPS, RunView, build_inspector_panel, build_plot_panel, build_stream_panel, run_state, wait_until_closed
 
+PLAYGROUND_STRATEGY = "hybrid_tree"  # the fastest lossless strategy measured (README)
 PLOT_MIN_INTERVAL_S = 0.75  # and at most this often while streaming
 
 
@@ -77,6 +81,7 @@ class PlaygroundTab:
     status: gr.HTML
     view: RunView
     device: gr.Dropdown | None = None  # only on a machine with CUDA (then also the API parameter "device", last)
+    badge: gr.HTML | None = None  # the live model's loading progress (see wire_page_load)
 
     def named_inputs(self) -> dict[str, Any]:
         """The Run button's inputs under their API names, in the API's order."""
@@ -120,7 +125,10 @@ class PlaygroundTab:
         try:
             for update in updates:
                 state = run_state(update.events, prompt, label, update.run_id, not update.done, setup)
-                out = self.view.render(state, running=not update.done, plot=throttle.due(len(update.events), update.done))
+                if update.done:  # the finished run opens on its most informative step
+                    out = self.view.settle(state)
+                else:
+                    out = self.view.render(state, running=True, plot=throttle.due(len(update.events), update.done))
                 if update.done:
                     m = update.metrics
                     out[self.status] = render.status_html(
@@ -145,6 +153,36 @@ class PlaygroundTab:
         return {self.status: render.status_html("Stopped. The partial run is logged with status \"stopped\".", "info"),
                 **self.view.render(state)}
 
+    def open_showcase(self, trace: RecordedTrace | None, speed: float) -> dict:
+        """The page's first seconds: the recorded showcase run unfolding step by step, its prompt in the box."""
+        if trace is None:
+            return {}
+        setup = trace.setup
+        where = trace.recorded
+        state = {**run_state(trace.events, setup.prompt, setup.label(), None, False, setup),
+                 "note": f"Recorded run, replayed: measured on {where.get('cpu', '?')}, {where.get('date', '?')}"}
+        message = (f"Playing a recorded run: {trace.title} (recorded {where.get('date', '?')} on {where.get('cpu', '?')}). "
+                   "Press Run to run this prompt live; ← → step, space pauses.")
+        return {self.prompt: setup.prompt, self.status: render.status_html(message, "info"),
+                **self.view.start_playback(state, speed)}
+
+    def wire_page_load(self, demo: gr.Blocks, showcase: RecordedTrace | None, warmup: ModelWarmup) -> None:
+        """On page load: play the showcase at once, and load the live model in the background, its progress in
+        the badge (polled each second until it is ready or failed)."""
+        poll = gr.Timer(1.0, active=False)
+
+        def on_load(speed):
+            warmup.start()
+            return {**self.open_showcase(showcase, speed), self.badge: warmup.badge_html(),
+                    poll: gr.Timer(active=warmup.state == "loading")}
+
+        def on_poll():
+            return {self.badge: warmup.badge_html(), poll: gr.Timer(active=warmup.state == "loading")}
+
+        outputs = [self.prompt, self.status, self.badge, poll] + self.view.outputs() + [self.view.timer, self.view.play]
+        demo.load(on_load, [self.view.speed], outputs, **QUIET)
+        poll.tick(on_poll, None, [self.badge, poll], **QUIET)
+
     def wire(self, gate: RunGate) -> None:
         inputs = self.named_inputs()
         outputs = [self.status] + self.view.outputs()
@@ -163,15 +201,19 @@ class PlaygroundTab:
 
 
 def build_playground_tab(runner: Runner, store: RunStore, examples: list[SuitePrompt], gate: RunGate,
-                         demo: gr.Blocks) -> PlaygroundTab:
+                         demo: gr.Blocks, showcase: RecordedTrace | None = None,
+                         warmup: ModelWarmup | None = None) -> PlaygroundTab:
     """The tab's components and events, added to the open gr.Blocks `demo` (call it inside a gr.Tab); `gate`
-    holds each session to one model run at a time (shared with the Compare tab)."""
+    holds each session to one model run at a time (shared with the Compare tab). `showcase`: a recorded run the
+    page plays on load; `warmup`: loads the live model in the background from the first page load."""
     with gr.Row(equal_height=False):
         with gr.Column(scale=4, min_width=320, elem_classes=["controls"]):
-            prompt = gr.Textbox(label="Prompt", lines=4, max_lines=12, elem_id="prompt",
-                                placeholder="Ask the model something, or pick an example below")
+            badge = gr.HTML(None, elem_id="model-badge", visible=warmup is not None, js_on_load=None)
+            prompt = gr.Textbox(showcase.setup.prompt if showcase else "", label="Prompt", lines=4, max_lines=12,
+                                elem_id="prompt", placeholder="Ask the model something, or pick an example below")
+            category = build_category_picker(examples, elem_id="example-category")
             example = build_example_picker(examples, elem_id="example")
-            strategy = build_strategy_controls("", "Strategy", "hybrid_tree")  # the fastest lossless strategy measured (README)
+            strategy = build_strategy_controls("", "Strategy", PLAYGROUND_STRATEGY)
             with gr.Accordion("Sampling", open=True):
                 sampling = build_sampling_controls("")
             max_new = build_max_new_tokens("max-new-tokens")
@@ -188,11 +230,16 @@ def build_playground_tab(runner: Runner, store: RunStore, examples: list[SuitePr
         with gr.Column(scale=7, min_width=420):
             stream_panel = build_stream_panel("")
             inspector_panel = build_inspector_panel("")
+            # WHAT-IF PANEL: built here, under the step inspector
     view = RunView.assemble(stream_panel, inspector_panel, build_plot_panel(""))
+    # WHAT-IF PANEL: wired here
     wire_example_picker(example, examples, prompt, max_new)
+    wire_category_picker(category, examples, example)
     wire_document_upload(document_file, document, status)
     tab = PlaygroundTab(runner, store, prompt, strategy, sampling, max_new, target, raw, document, run_button,
-                        stop_button, status, view, device)
+                        stop_button, status, view, device, badge)
+    if warmup is not None:
+        tab.wire_page_load(demo, showcase, warmup)
     strategy.show_defaults_on_load(demo)
     tab.wire(gate)
     return tab
