@@ -30,11 +30,20 @@ GREY = "#8C8C8C"
 ORANGE = "#E69F00"
 SKY = "#56B4E9"
 PURPLE = "#CC79A7"
+# Ink for lines, outlines and labels drawn on the plot's own background: the page's dark theme recolours this exact
+# colour to a light one (assets/style.css matches it, rgb(34, 34, 34)), so keep it for anything that must follow the
+# theme. CELL_INK never changes: text and lines drawn over light cells or badges (the lattice), readable in both themes.
 BLACK = "#222222"
+CELL_INK = "#111111"
+# Every figure leaves its backgrounds transparent: the page's (light or dark) shows through
+TRANSPARENT = "rgba(0,0,0,0)"
+BACKGROUNDS = dict(paper_bgcolor=TRANSPARENT, plot_bgcolor=TRANSPARENT)
 
 UIREVISION = "specviz-acceptance"
 ROLLING_WINDOW = 8
 
+# A second cue besides colour for the stacked step bars: accepted drafts solid, the target's token patterned by kind
+STEP_PATTERNS = {"accepted": "", "bonus": "+", "recovered": "/", "baseline": "."}
 TRACE_NAMES = (
     "accepted drafts",
     "+ bonus",
@@ -44,6 +53,20 @@ TRACE_NAMES = (
     "per-position acceptance",
     "acceptance-length histogram",
 )
+
+
+SUBPLOT_TITLE_PX = 12  # plotly's default 16 px ran the two bottom titles of the acceptance figure into each other
+TITLE_CHARS = 60  # a one-line title over a half-page plot (the legend sits right under it): longer ones are cut
+
+
+def one_line(text: str, limit: int = TITLE_CHARS) -> str:
+    """`text` cut to `limit` characters with an ellipsis (a strategy label with many parameters was cut off at the
+    plot's edge; the whole label is in the run's status line).
+
+    >>> one_line("hybrid_tree(drafter=eagle, vocab_trim=4096)", 20)
+    'hybrid_tree(drafter…'
+    """
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
 def rolling_mean(values: Sequence[float], window: int = ROLLING_WINDOW) -> list[float]:
@@ -99,6 +122,7 @@ def acceptance_figure(
                showlegend=False),
         row=2, col=2,
     )
+    fig.update_annotations(font_size=SUBPLOT_TITLE_PX)  # the subplot titles (the only annotations so far)
     tree_run = any(e.tree for e in events)
     if tree_run:
         _add_tree_shapes(fig, events)
@@ -111,9 +135,11 @@ def acceptance_figure(
         legend=dict(orientation="h", yanchor="bottom", y=1.01, xanchor="left", x=0, font=dict(size=11),
                     traceorder="normal"),
         template="plotly_white",
+        **BACKGROUNDS,
         font=dict(size=12),
         # the strategy's label carries text a person typed (a drafter name): plotly renders tags in titles
-        title=dict(text=html.escape(title, quote=False), x=0, y=0.99, yanchor="top", font=dict(size=13)) if title else None,
+        title=dict(text=html.escape(one_line(title), quote=False), x=0, y=0.99, yanchor="top", font=dict(size=13))
+        if title else None,
         hovermode="closest",
     )
     _acceptance_axes(fig, len(steps), max(lengths, default=1))
@@ -141,7 +167,7 @@ def _add_step_bars(fig: go.Figure, events: Sequence[StepEvent], steps: list[int]
         ys = [sum(1 for t in e.new_tokens if t.kind == kind) for e in events]
         fig.add_trace(
             go.Bar(x=steps, y=ys, name=name, marker_color=colour, hovertext=hover, hoverinfo="text",
-                   marker_pattern_shape="/" if kind == "recovered" else ("." if kind == "baseline" else "")),
+                   marker_pattern_shape=STEP_PATTERNS[kind]),
             row=1, col=1,
         )
 
@@ -194,6 +220,8 @@ def _add_tree_shapes(fig: go.Figure, events: Sequence[StepEvent]) -> None:
 
 
 LENGTH_TRACE_NAMES = ("drafted", "accepted", "chosen length", "oracle length (hindsight)")
+# Two short lines: the theory panel is a third of a half-page plot (one line was cut off at typical widths)
+THEORY_TITLE = "Theory: tokens per step<br>and speedup bound"
 
 
 def draft_length_figure(events: Sequence[StepEvent], empty_message: str = "Run a prompt to see the draft lengths") -> go.Figure:
@@ -202,7 +230,8 @@ def draft_length_figure(events: Sequence[StepEvent], empty_message: str = "Run a
     probability, moving average) on a second axis. Hover a step for the policy's reason."""
     fig = make_subplots(rows=1, cols=2, column_widths=[0.66, 0.34], horizontal_spacing=0.12,
                         specs=[[{"secondary_y": True}, {}]],
-                        subplot_titles=("", "Theory: tokens per step, speedup bound"))
+                        subplot_titles=("", THEORY_TITLE))
+    fig.update_annotations(font_size=SUBPLOT_TITLE_PX)
     steps = [e.index for e in events]
     accepted = [sum(1 for t in e.draft if t.verdict == "accepted") for e in events]
     reasons = [
@@ -237,13 +266,14 @@ def draft_length_figure(events: Sequence[StepEvent], empty_message: str = "Run a
     _add_expectation(fig, events)
     title = None
     if report is not None and any(e.num_drafted for e in events):
-        title = (f"hindsight oracle: {report.oracle_tokens_per_s:.1f} tok/s vs this run's {report.actual_tokens_per_s:.1f} "
-                 f"(same cost model; {report.gap:.0%} below the oracle)")
+        title = (f"hindsight oracle: {report.oracle_tokens_per_s:.1f} tok/s vs this run's {report.actual_tokens_per_s:.1f}"
+                 f"<br>(same cost model; {report.gap:.0%} below the oracle)")  # two lines: never cut at half width
     fig.update_layout(
         barmode="overlay", bargap=0.15, uirevision=UIREVISION + "-length", height=420,
-        margin=dict(l=50, r=50, t=60, b=40), template="plotly_white", font=dict(size=12), hovermode="closest",
+        margin=dict(l=50, r=50, t=70, b=40), template="plotly_white", **BACKGROUNDS, font=dict(size=12), hovermode="closest",
         legend=dict(orientation="h", yanchor="top", y=-0.2, xanchor="left", x=0, font=dict(size=11)),
-        title=dict(text=title, x=0, y=0.98, yanchor="top", font=dict(size=12)) if title else None,
+        title=dict(text=title, x=0, y=1, yref="container", yanchor="top", pad=dict(t=6 + 16 * title.count("<br>")),
+                   font=dict(size=12)) if title else None,  # padded down: plotly places a title by its first line
     )
     fig.update_xaxes(title_text="step", rangemode="tozero", dtick=max(1, math.ceil(len(steps) / 12)), row=1, col=1)
     fig.update_yaxes(title_text="tokens", rangemode="tozero", row=1, col=1, secondary_y=False)
@@ -291,6 +321,7 @@ def _add_expectation(fig: go.Figure, events: Sequence[StepEvent]) -> None:
 
 
 PHASE_COLOURS = {"draft": ORANGE, "verify": BLUE}
+PHASE_PATTERNS = {"draft": "/", "verify": ""}  # a second cue besides colour: drafting is hatched
 
 
 def phase_figure(events: Sequence[StepEvent], empty_message: str = "Run a prompt to see who worked when") -> go.Figure:
@@ -305,19 +336,23 @@ def phase_figure(events: Sequence[StepEvent], empty_message: str = "Run a prompt
         fig.add_trace(go.Bar(
             y=[p.worker for _, p in rows], x=[(p.end_s - p.start_s) * 1000 for _, p in rows],
             base=[p.start_s * 1000 for _, p in rows], orientation="h", name=kind, marker_color=PHASE_COLOURS[kind],
-            marker_line=dict(width=0.5, color="white"),
+            marker_line=dict(width=0.5, color="white"), marker_pattern_shape=PHASE_PATTERNS[kind],
             customdata=[[i, (p.end_s - p.start_s) * 1000] for i, p in rows],
             hovertemplate=f"step %{{customdata[0]}}: {kind} %{{customdata[1]:.1f}} ms<br>from %{{base:.0f}} ms<extra></extra>",
         ))
     totals = worker_time(events)
     title = None
     if totals:
-        title = " · ".join(f"{w}: busy {t['busy_s']:.2f} s, waiting {t['waiting_s']:.2f} s" for w, t in totals.items())
+        # one line per worker: a single line was cut off at half-page widths
+        title = "<br>".join(f"{w}: busy {t['busy_s']:.2f} s, waiting {t['waiting_s']:.2f} s" for w, t in totals.items())
     fig.update_layout(
-        barmode="overlay", height=220, uirevision=UIREVISION + "-phases", template="plotly_white", font=dict(size=12),
-        margin=dict(l=70, r=20, t=50, b=45), hovermode="closest",
+        barmode="overlay", height=240, uirevision=UIREVISION + "-phases", template="plotly_white", **BACKGROUNDS,
+        font=dict(size=12),
+        margin=dict(l=70, r=20, t=58, b=45), hovermode="closest",
         legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="right", x=1, font=dict(size=11)),
-        title=dict(text=title, x=0, y=0.98, yanchor="top", font=dict(size=12)) if title else None,
+        # plotly places a multi-line title by its first line: pad it down by the lines above (else cut at the top)
+        title=dict(text=title, x=0, xref="paper", y=1, yref="container", yanchor="top",
+                   pad=dict(t=6 + 16 * title.count("<br>")), font=dict(size=12)) if title else None,
     )
     fig.update_xaxes(title_text="engine time (ms)", rangemode="tozero")
     fig.update_yaxes(categoryorder="array", categoryarray=list(lanes))
@@ -349,6 +384,7 @@ TREE_STYLE = {
     "unchecked": NodeStyle("unchecked (not reached)", "#B0B0B0", "circle-open", 9, 1.0, 0.8),
 }
 OUTPUT_COLOURS = {"bonus": GREEN, "recovered": VERMILLION, "baseline": GREY}
+OUTPUT_SYMBOLS = {"bonus": "diamond", "recovered": "diamond-x", "baseline": "diamond-open"}  # a cue besides colour
 SOURCE_HELP = {"model": "the drafter (a model or a head on the target's features)",
                "retrieval": "copied from earlier text: the context (lookup) or a document (no drafter probability)",
                "both": "the drafter and copied text alike"}
@@ -478,7 +514,8 @@ def draft_tree_figure(event: StepEvent) -> go.Figure | None:
         ))
     fig.add_trace(go.Scatter(
         x=[xs[out]], y=[ys[out]], name=f"+ {event.output.kind} (target's token)", mode="markers+text",
-        marker=dict(symbol="diamond", size=15 * shrink, color=output_colour, line=dict(color=BLACK, width=1)),
+        marker=dict(symbol=OUTPUT_SYMBOLS.get(event.output.kind, "diamond"), size=15 * shrink, color=output_colour,
+                    line=dict(color=BLACK, width=1)),
         text=[f"<b>{_token_text(event.output.text, TREE_LABEL_CHARS)}</b>"], textposition="top center",
         textfont=dict(size=11, color=output_colour), hovertext=[_output_hover(event)], hoverinfo="text",
     ))
@@ -486,7 +523,7 @@ def draft_tree_figure(event: StepEvent) -> go.Figure | None:
     title = (f"Step {event.index}: draft tree of {size} nodes, depth {depth} · accepted depth {accepted_depth} "
              f"+ {event.output.kind} <b>{_token_text(event.output.text, TREE_LABEL_CHARS)}</b>")
     fig.update_layout(
-        height=height, template="plotly_white", font=dict(size=12), hovermode="closest",
+        height=height, template="plotly_white", **BACKGROUNDS, font=dict(size=12), hovermode="closest",
         margin=dict(l=20, r=20, t=80, b=40), title=dict(text=title, x=0, y=0.99, yanchor="top", font=dict(size=12)),
         legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="left", x=0, font=dict(size=11)),
         hoverlabel=dict(align="left"),
@@ -581,7 +618,7 @@ def _add_lattice_path(fig: go.Figure, path: list) -> None:
     the chosen cells outlined in their verdict's colour."""
     xs = [p.column.position for p in path]
     ys = [p.row - LATTICE_MARKER_LIFT for p in path]
-    fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line=dict(color=BLACK, width=2), hoverinfo="skip",
+    fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line=dict(color=CELL_INK, width=2), hoverinfo="skip",
                              showlegend=False, name="path"))
     for verdict in ("accepted", "rejected", "unchecked"):
         group = [(x, y, p) for x, y, p in zip(xs, ys, path) if p.verdict == verdict]
@@ -648,11 +685,11 @@ def lattice_figure(event: StepEvent) -> go.Figure | None:
     if cut:
         note, why = _lattice_cut_note(event, cut, len(path))
         fig.add_annotation(x=(cut[0] + cut[-1]) / 2, y=-0.75, text="not proposed", showarrow=False,
-                           font=dict(size=10, color=BLACK), bgcolor="white", bordercolor=GREY, borderpad=2,
+                           font=dict(size=10, color=CELL_INK), bgcolor="white", bordercolor=GREY, borderpad=2,
                            hovertext=why)
         title += f"<br><span style='font-size:11px;color:{GREY}'>{note} · hover the badge for why</span>"
     fig.update_layout(
-        height=LATTICE_CHROME_PX + LATTICE_ROW_PX * n_rows, template="plotly_white", font=dict(size=12),
+        height=LATTICE_CHROME_PX + LATTICE_ROW_PX * n_rows, template="plotly_white", **BACKGROUNDS, font=dict(size=12),
         hovermode="closest", margin=dict(l=20, r=20, t=75, b=40), hoverlabel=dict(align="left"),
         title=dict(text=title, x=0, xref="paper", y=1, yref="container", yanchor="top", pad=dict(t=12),
                    font=dict(size=12)),

@@ -8,6 +8,10 @@ Colour language (Okabe-Ito, colour-blind safe), always with a second cue besides
 accepted = blue + solid underline; recovered = vermillion + dotted underline; bonus = bluish
 green + double underline; baseline = grey; rejected draft = reddish purple, struck through;
 unchecked draft = dashed outline; prompt = italic, muted. The classes live in assets/style.css.
+
+Screen readers: the token stream is a labelled region; each token's verdict is spoken after it (CSS alt text on
+its class in assets/style.css, so the visible and copied text stay the model's own); the discarded drafts are a
+labelled group, the inspector's tables have captions and the timing bar a text alternative.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from engine.events import DraftedToken, LengthDecision, NewToken, StepEvent, Tok
 from engine.metrics import RunMetrics
 
 TOKEN_KINDS = ("accepted", "recovered", "bonus", "baseline")
+DRAFTER_TABLE = "the drafter's table"
+STREAM_LABEL = "Token stream: the prompt, then each output token followed by its verdict"
 
 KIND_HELP = {
     "accepted": "drafted and kept by the target's check",
@@ -160,7 +166,8 @@ def _draft_tail(step: StepEvent) -> str:
     if not parts:
         return ""
     return (
-        f'<span class="draft-tail" title="{esc("discarded draft tokens of step " + str(step.index))}">'
+        f'<span class="draft-tail" role="group" aria-label="{esc("discarded draft tokens of step " + str(step.index))}" '
+        f'title="{esc("discarded draft tokens of step " + str(step.index))}">'
         f'<span class="draft-tail-label" aria-hidden="true">✗</span>{"".join(parts)}</span>'
     )
 
@@ -177,7 +184,7 @@ def token_stream_html(
     The discarded drafts of `focus_step` (default: the latest step) are shown struck through right
     after that step's tokens, and that step's tokens are outlined.
     """
-    parts = ['<div class="token-stream-inner">']
+    parts = [f'<div class="token-stream-inner" role="region" aria-label="{esc(STREAM_LABEL)}">']
     if prompt:
         parts.append(f'<div class="prompt-block"><span class="prompt-label">Prompt</span><span class="tok-prompt">{esc(prompt)}</span></div>')
     if not events:
@@ -217,7 +224,7 @@ def legend_html() -> str:
     for kind, label, note in items:
         help_text = KIND_HELP.get(kind, "the prompt you typed")
         spans.append(
-            f'<span class="legend-item" title="{esc(help_text)}"><span class="tok tok-{kind}">{esc(label)}</span>'
+            f'<span class="legend-item" role="listitem" title="{esc(help_text)}"><span class="tok tok-{kind}">{esc(label)}</span>'
             f'<span class="legend-note">{esc(note)}</span></span>'
         )
     return '<div class="legend" role="list" aria-label="Token colour legend">' + "".join(spans) + "</div>"
@@ -275,7 +282,8 @@ def proposer_info_html(info: dict[str, Any]) -> str:
         )
         parts.append(
             f'<div class="insp-subtitle">{esc(table.get("title", ""))}</div>'
-            f'<div class="insp-table-wrap"><table class="insp-table"><thead><tr>{head}</tr></thead>'
+            f'<div class="insp-table-wrap"><table class="insp-table">'
+            f'<caption class="sr-only">{esc(table.get("title") or DRAFTER_TABLE)}</caption><thead><tr>{head}</tr></thead>'
             f"<tbody>{body}</tbody></table></div>"
         )
     parts.append("</div>")
@@ -348,7 +356,9 @@ def _proposal_html(step: StepEvent) -> str:
     )
     return (
         '<div class="insp-section"><div class="insp-title">Proposal</div>'
-        '<div class="insp-table-wrap"><table class="insp-table"><thead><tr><th>pos</th><th>token</th><th title="drafter probability">q (drafter)</th>'
+        '<div class="insp-table-wrap"><table class="insp-table"><caption class="sr-only">Proposal of step '
+        f'{step.index}: each drafted token with its drafter and target probabilities and the verdict</caption>'
+        '<thead><tr><th>pos</th><th>token</th><th title="drafter probability">q (drafter)</th>'
         '<th title="target probability">p (target)</th><th>min(1, p/q)</th><th title="uniform draw">u</th><th>verdict</th>'
         '<th>target\'s top 3</th></tr></thead><tbody>' + "".join(rows) + "</tbody></table></div>"
         f'<div class="muted small">{esc(note)}</div></div>'
@@ -381,13 +391,14 @@ def _target_token_html(step: StepEvent) -> str:
 def _timings_html(step: StepEvent) -> str:
     t = step.timings
     total = max(t.draft_s + t.verify_s + t.overhead_s, 1e-9)
+    timing_text = f"time split: draft {fmt_ms(t.draft_s)}, verify {fmt_ms(t.verify_s)}, overhead {fmt_ms(t.overhead_s)}"
     seg = "".join(
         f'<span class="seg seg-{name}" style="width:{100 * v / total:.1f}%" title="{name} {fmt_ms(v)}"></span>'
         for name, v in (("draft", t.draft_s), ("verify", t.verify_s), ("overhead", t.overhead_s))
     )
     return (
         '<div class="insp-section"><div class="insp-title">Timings</div>'
-        f'<div class="timing-bar">{seg}</div>'
+        f'<div class="timing-bar" role="img" aria-label="{esc(timing_text)}">{seg}</div>'
         f'<div class="small"><span class="key key-draft"></span>draft {fmt_ms(t.draft_s)} · '
         f'<span class="key key-verify"></span>verify {fmt_ms(t.verify_s)} · '
         f'<span class="key key-overhead"></span>overhead {fmt_ms(t.overhead_s)} · {step.target_forwards} target forward pass'
