@@ -27,6 +27,7 @@ TOOLS: dict[str, tuple[str, str]] = {
     "bench": (".bench", "benchmark strategies on the prompt suite"),
     "bench-memory": (".memory_bench", "resident memory per strategy and over many runs in one process"),
     "load-test": (".load_test", "a room of concurrent API users pressing Run"),
+    "bench-page": (".page_timing", "a visitor's waits in a real browser: first moving step, Run to first token"),
     "gpu-check": (".gpu_check", "run a hub-free model on a CUDA device: greedy identity and timings"),
     "record-traces": (".traces", "re-record the traces the page and the lessons replay (assets/traces)"),
     "train-drafter": (".training.distill", "train small drafters for a target"),

@@ -20,6 +20,7 @@ import pandas as pd
 from engine import SpecVizError, StepEvent
 from engine.errors import ConfigError
 from specviz.limits import SQLITE_MAX_INT, check_text
+from specviz.runner import Runner
 from specviz.store import RunStore
 from specviz.traces import RunSetup
 
@@ -27,6 +28,8 @@ from . import render
 from .controls import explain
 from .inputs import STRATEGY_NAMES
 from .panels import PLOT_EVERY_STEPS, RunView, build_inspector_panel, build_plot_panel, build_stream_panel, run_state
+from .sessions import RunGate
+from .whatif_panel import build_whatif_panel
 
 HISTORY_COLUMNS = ["id", "created", "strategy", "status", "prompt", "new tokens", "mean acceptance length",
                    "tokens/s", "source"]
@@ -105,8 +108,9 @@ class HistoryTab:
         demo.load(self.list_history, filters, self.table, **LIGHT)
 
 
-def build_history_tab(store: RunStore, tab: gr.Tab, demo: gr.Blocks) -> HistoryTab:
-    """The tab's components and events, added inside `tab` of the open `demo`."""
+def build_history_tab(store: RunStore, tab: gr.Tab, demo: gr.Blocks, runner: Runner, gate: RunGate) -> HistoryTab:
+    """The tab's components and events, added inside `tab` of the open `demo`; `runner` and `gate` serve the
+    What-if panel (re-running a logged step holds the session's one model run, as the Playground does)."""
     explain(
         "Every run is logged step by step in SQLite. Open one to replay it in the panels below — "
         "straight from the log, without running a model."
@@ -133,11 +137,11 @@ def build_history_tab(store: RunStore, tab: gr.Tab, demo: gr.Blocks) -> HistoryT
     with gr.Row(equal_height=False):
         with gr.Column(scale=6, min_width=380):
             inspector_panel = build_inspector_panel("history-")
-            # WHAT-IF PANEL: built here, under the step inspector
+            whatif = build_whatif_panel("history-", runner, gate)
         with gr.Column(scale=5, min_width=360):
             plot_panel = build_plot_panel("history-")
     view = RunView.assemble(stream_panel, inspector_panel, plot_panel)
-    # WHAT-IF PANEL: wired here
+    whatif.wire(view, ("history_what_if_k", "history_fork"), documented=False)  # the Playground's copy is the API's
     history = HistoryTab(store, strategy, search, refresh, table, run_id, open_button, replay_button, status, document, view)
     history.wire(tab, demo)
     return history

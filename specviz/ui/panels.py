@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import gradio as gr
@@ -107,16 +107,19 @@ class RunView:
     slider: gr.Slider
     prev: gr.Button
     next: gr.Button
+    play: gr.Button
+    speed: gr.Dropdown
     inspector: gr.HTML
     tree_plot: gr.Plot
     lattice_plot: gr.Plot
-    play: gr.Button
-    speed: gr.Dropdown
     plot: gr.Plot
     length_plot: gr.Plot
     phase_plot: gr.Plot
     state: gr.State
     timer: gr.Timer
+    # sessions whose playback is on (by Gradio session hash): a tick already queued when Pause was pressed must not
+    # move on. Entries are dropped when a playback pauses or ends.
+    playing: set[str] = field(default_factory=set)
 
     @classmethod
     def assemble(cls, stream_panel: tuple, inspector_panel: tuple, plot_panel: tuple) -> RunView:
@@ -164,57 +167,72 @@ class RunView:
 
     def settle(self, state: dict | None, **kwargs) -> dict:
         """Render a finished (or opened) run, whole, on its most informative step. A playback in progress stops at
-        its next tick (the state no longer says "playing")."""
+        its next tick (the state no longer has a playhead)."""
         events = (state or {}).get("events") or []
-        state = {**state, "shown": None, "playing": False} if state else state
+        state = {**state, "shown": None} if state else state
         return self.render(state, most_informative_step(events), **kwargs)
 
-    def start_playback(self, state: dict, speed: float, first: int = 0) -> dict:
-        """Unfold `state`'s run step by step from step `first`, `speed` steps per second (see wire_playback)."""
+    def start_playback(self, state: dict, speed: float, first: int, request: gr.Request) -> dict:
+        """Unfold `state`'s run step by step from step `first`, `speed` steps per second, for the session of
+        `request` (see wire_playback)."""
+        self.playing.add(request.session_hash)
         events = state.get("events") or []
         shown = max(1, min(first + 1, len(events)))
-        state = {**state, "shown": shown, "playing": True, "running": False}
+        state = {**state, "shown": shown, "running": False}
         return {**self.render(state, shown - 1), self.timer: gr.Timer(value=_interval(speed), active=True),
                 self.play: gr.update(value=PAUSE_LABEL)}
 
     def wire_playback(self) -> None:
         """Play / Pause and speed: unfold a finished run step by step (the token stream grows, the inspector follows
-        the newest step). Server-side timer, no model involved; a live run ignores them."""
+        the newest step). Server-side timer, no model involved; a live run ignores them.
+
+        The state's "shown" is the playhead (steps shown; None: the whole run); whether a session's playback is on
+        is kept here (`playing`), so that a tick queued before a Pause does nothing."""
         playback = [self.timer, self.play]
 
-        def toggle(state, step, speed):
+        def stopped() -> dict:  # fresh updates each time: Gradio consumes the update dicts it sends
+            return {self.timer: gr.Timer(active=False), self.play: gr.update(value=PLAY_LABEL)}
+
+        def nothing() -> dict:  # (an empty dict would read as one output value)
+            return {self.play: gr.skip()}
+
+        def toggle(state, step, speed, request: gr.Request):
             events = (state or {}).get("events") or []
             if not events or state.get("running"):
-                return {}
-            if state.get("playing"):  # pause where it is: the steps so far stay shown
-                return {self.state: {**state, "playing": False}, self.timer: gr.Timer(active=False),
-                        self.play: gr.update(value=PLAY_LABEL)}
+                return nothing()
+            if request.session_hash in self.playing:  # pause where it is: the steps so far stay shown
+                self.playing.discard(request.session_hash)
+                return stopped()
             shown = state.get("shown")
             if shown is not None:  # paused mid-way: go on with the next step
                 first = shown
             else:  # the whole run is shown: play from the chosen step, or from the start when at the end
                 step = int(step or 0)
                 first = 0 if step >= len(events) - 1 else step
-            return self.start_playback(state, speed, first)
+            return self.start_playback(state, speed, first, request)
 
-        def tick(state):
+        def tick(state, request: gr.Request):
             events = (state or {}).get("events") or []
             shown = (state or {}).get("shown")
-            if not events or not state.get("playing") or shown is None:
-                return {self.timer: gr.Timer(active=False), self.play: gr.update(value=PLAY_LABEL)}
+            if request.session_hash not in self.playing:  # paused after this tick was sent
+                return nothing()
+            if not events or shown is None:  # a live run or an opened run replaced the played one
+                self.playing.discard(request.session_hash)
+                return stopped()
             shown += 1
             if shown >= len(events):  # the whole run is shown: stop, on its most informative step
-                return {**self.settle(state), self.timer: gr.Timer(active=False), self.play: gr.update(value=PLAY_LABEL)}
+                self.playing.discard(request.session_hash)
+                return {**self.settle(state), **stopped()}
             state = {**state, "shown": shown}
             return self.render(state, shown - 1, plot=shown % PLOT_EVERY_STEPS == 0)
 
-        def retime(state, speed):
-            return gr.Timer(value=_interval(speed), active=bool((state or {}).get("playing")))
+        def retime(speed, request: gr.Request):
+            return gr.Timer(value=_interval(speed), active=request.session_hash in self.playing)
 
         outputs = self.outputs() + playback
         self.play.click(toggle, [self.state, self.slider, self.speed], outputs, **QUIET)
         self.timer.tick(tick, [self.state], outputs, **QUIET)
-        self.speed.change(retime, [self.state, self.speed], self.timer, **QUIET)
+        self.speed.change(retime, [self.speed], self.timer, **QUIET)
 
     def wire_navigation(self) -> None:
         """Slider and Previous / Next: pick a step (works during and after a run; no model involved)."""
@@ -280,13 +298,13 @@ def build_inspector_panel(prefix: str) -> tuple:
         play = gr.Button(PLAY_LABEL, size="sm", elem_id=f"{prefix}step-play")
         nxt = gr.Button("Next ▶", size="sm", elem_id=f"{prefix}step-next")
         speed = gr.Dropdown(PLAYBACK_SPEEDS, value=DEFAULT_SPEED, label="playback speed", show_label=False,
-                            elem_id=f"{prefix}playback-speed", min_width=120, scale=0)
+                            elem_id=f"{prefix}playback-speed", min_width=150, scale=0)
     # Tree strategies only: shown above the proposal table, which lists a tree's nodes one per row
     tree_plot = gr.Plot(None, visible=False, elem_id=f"{prefix}draft-tree-plot", show_label=False)
     # Diffusion strategies only, in the same place (a step has a tree or a lattice, never both)
     lattice_plot = gr.Plot(None, visible=False, elem_id=f"{prefix}lattice-plot", show_label=False)
     inspector = gr.HTML(render.step_inspector_html([]), elem_id=f"{prefix}step-inspector", js_on_load=None)
-    return slider, prev, nxt, inspector, tree_plot, lattice_plot, play, speed
+    return slider, prev, nxt, play, speed, inspector, tree_plot, lattice_plot
 
 
 def build_plot_panel(prefix: str) -> tuple[gr.Plot, gr.Plot, gr.Plot]:

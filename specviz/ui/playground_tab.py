@@ -44,6 +44,7 @@ from .controls import (
 )
 from .inputs import INPUT_ERRORS, named_handler, read_run_inputs
 from .sessions import RunGate
+from .whatif_panel import build_whatif_panel
 from .warmup import ModelWarmup
 from .panels import PLOT_EVERY_STEPS, RunView, build_inspector_panel, build_plot_panel, build_stream_panel, run_state, wait_until_closed
 
@@ -153,7 +154,7 @@ class PlaygroundTab:
         return {self.status: render.status_html("Stopped. The partial run is logged with status \"stopped\".", "info"),
                 **self.view.render(state)}
 
-    def open_showcase(self, trace: RecordedTrace | None, speed: float) -> dict:
+    def open_showcase(self, trace: RecordedTrace | None, speed: float, request: gr.Request) -> dict:
         """The page's first seconds: the recorded showcase run unfolding step by step, its prompt in the box."""
         if trace is None:
             return {}
@@ -164,16 +165,16 @@ class PlaygroundTab:
         message = (f"Playing a recorded run: {trace.title} (recorded {where.get('date', '?')} on {where.get('cpu', '?')}). "
                    "Press Run to run this prompt live; ← → step, space pauses.")
         return {self.prompt: setup.prompt, self.status: render.status_html(message, "info"),
-                **self.view.start_playback(state, speed)}
+                **self.view.start_playback(state, speed, 0, request)}
 
     def wire_page_load(self, demo: gr.Blocks, showcase: RecordedTrace | None, warmup: ModelWarmup) -> None:
         """On page load: play the showcase at once, and load the live model in the background, its progress in
         the badge (polled each second until it is ready or failed)."""
         poll = gr.Timer(1.0, active=False)
 
-        def on_load(speed):
+        def on_load(speed, request: gr.Request):
             warmup.start()
-            return {**self.open_showcase(showcase, speed), self.badge: warmup.badge_html(),
+            return {**self.open_showcase(showcase, speed, request), self.badge: warmup.badge_html(),
                     poll: gr.Timer(active=warmup.state == "loading")}
 
         def on_poll():
@@ -230,9 +231,9 @@ def build_playground_tab(runner: Runner, store: RunStore, examples: list[SuitePr
         with gr.Column(scale=7, min_width=420):
             stream_panel = build_stream_panel("")
             inspector_panel = build_inspector_panel("")
-            # WHAT-IF PANEL: built here, under the step inspector
+            whatif = build_whatif_panel("", runner, gate)
     view = RunView.assemble(stream_panel, inspector_panel, build_plot_panel(""))
-    # WHAT-IF PANEL: wired here
+    whatif.wire(view, ("what_if_k", "fork"))
     wire_example_picker(example, examples, prompt, max_new)
     wire_category_picker(category, examples, example)
     wire_document_upload(document_file, document, status)
