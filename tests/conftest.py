@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import math
 import os
 from pathlib import Path
 
@@ -18,6 +17,8 @@ import pytest
 import torch
 
 from engine import EMBEDDED_DEFAULT, LoadedModel, ModelCache
+# The goodness-of-fit helpers live in the project (the Sampling lab uses them too); re-exported for the tests.
+from specviz.goodness_of_fit import chi_square_critical, chi_square_statistic, total_variation  # noqa: F401
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROMPTS_PATH = REPO_ROOT / "assets" / "prompts.jsonl"
@@ -210,47 +211,6 @@ def tiny_noisy_drafter(tiny_target) -> LoadedModel:
     top-k / top-p, nothing would ever be accepted.)
     """
     return noisy_copy(tiny_target, sigma=0.03, seed=1, name="tiny-noisy-drafter")
-
-
-# --------------------------------------------------------------------------- statistics
-
-
-def chi_square_critical(df: int, alpha: float = 1e-3) -> float:
-    """Upper alpha quantile of chi-square(df), Wilson-Hilferty approximation (no scipy needed)."""
-    z = {1e-2: 2.3263, 1e-3: 3.0902, 1e-4: 3.7190}[alpha]
-    h = 2.0 / (9.0 * df)
-    return df * (1.0 - h + z * math.sqrt(h)) ** 3
-
-
-def chi_square_statistic(counts: dict, expected_probs: dict, n: int, min_expected: float = 5.0) -> tuple[float, int]:
-    """Pearson's chi-square of observed counts vs expected probabilities, and its degrees of freedom.
-
-    Cells whose expected count is below min_expected are pooled into one cell (with every
-    observation outside the support of expected_probs), so the chi-square approximation holds.
-    """
-    stat, cells = 0.0, 0
-    pooled_expected, pooled_observed = 0.0, 0
-    for key, prob in expected_probs.items():
-        expected = n * prob
-        observed = counts.get(key, 0)
-        if expected >= min_expected:
-            stat += (observed - expected) ** 2 / expected
-            cells += 1
-        else:
-            pooled_expected += expected
-            pooled_observed += observed
-    pooled_observed += sum(c for key, c in counts.items() if key not in expected_probs)
-    if pooled_expected > 0 or pooled_observed > 0:
-        if pooled_expected <= 0:
-            return math.inf, max(cells, 1)
-        stat += (pooled_observed - pooled_expected) ** 2 / pooled_expected
-        cells += 1
-    return stat, max(cells - 1, 1)
-
-
-def total_variation(p: dict, q: dict) -> float:
-    keys = set(p) | set(q)
-    return 0.5 * sum(abs(p.get(k, 0.0) - q.get(k, 0.0)) for k in keys)
 
 
 # --------------------------------------------------------------------------- the real model

@@ -28,7 +28,9 @@ from specviz.traces import bundled_traces
 from .compare_tab import build_compare_tab
 from .controls import load_example_prompts
 from .history_tab import build_history_tab
+from .learn_tab import build_learn_tab
 from .multi_draft_tab import build_multi_draft_tab
+from .sampling_lab_tab import build_sampling_lab_tab
 from .playground_tab import PLAYGROUND_STRATEGY, build_playground_tab
 from .public import apply_public_limits, limits_note
 from .sessions import RunGate
@@ -74,15 +76,19 @@ def build_app(models: ModelCache, store: RunStore, limits: RunLimits = RunLimits
         build_toolbar()  # dark mode, projector mode, keyboard hint (specviz.ui.workshop)
         gr.HTML(HEADER, js_on_load=None)
         limits_note(limits)
-        with gr.Tabs():
+        with gr.Tabs(elem_id="main-tabs") as tabs:
             with gr.Tab("Playground", id="playground", elem_id="tab-playground"):
                 build_playground_tab(runner, store, examples, gate, demo, traces.get("showcase"), warmup)
+            with gr.Tab("Learn", id="learn", elem_id="tab-learn"):
+                build_learn_tab(demo, tabs, traces)
             with gr.Tab("Compare", id="compare", elem_id="tab-compare"):
                 build_compare_tab(runner, store, examples, gate, demo)
             with gr.Tab("History", id="history", elem_id="tab-history") as history_tab:
-                build_history_tab(store, history_tab, demo)
+                build_history_tab(store, history_tab, demo, runner, gate)
             with gr.Tab("Multi-draft bound", id="multi-draft", elem_id="tab-multi-draft"):
                 build_multi_draft_tab()
+            with gr.Tab("Sampling lab", id="sampling-lab", elem_id="tab-sampling-lab"):
+                build_sampling_lab_tab(runner, examples, gate)
         apply_public_limits(demo, limits)
     demo.queue(default_concurrency_limit=DEFAULT_CONCURRENCY, max_size=QUEUE_MAX_SIZE)
     return demo
