@@ -67,11 +67,12 @@ class RunLimits:
     max_document_bytes: int = MAX_DOCUMENT_BYTES
     targets: tuple[str, ...] | None = None  # the allowed target specs; None: any (embedded, folder, hub id)
     own_drafters_only: bool = False  # drafters: only the project's own (OWN_DRAFTER) and the embedded models
+    max_lab_samples: int = 1000  # samples per strategy in one Sampling lab run (each is a short run of its own)
 
     @classmethod
     def public_space(cls) -> RunLimits:
         return cls(public=True, max_new_tokens=256, max_prompt_chars=4_000, max_document_bytes=100_000,
-                   targets=(EMBEDDED_DEFAULT,), own_drafters_only=True)
+                   targets=(EMBEDDED_DEFAULT,), own_drafters_only=True, max_lab_samples=300)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> RunLimits:
@@ -115,6 +116,12 @@ class RunLimits:
                                                 f"tokens per run, got {value:,}")
         return value
 
+    def check_lab_samples(self, value: int) -> int:
+        if value > self.max_lab_samples:
+            raise ConfigError("samples", f"{self._who} draws at most {self.max_lab_samples:,} samples per strategy, "
+                                         f"got {value:,}")
+        return value
+
     def check_target(self, spec: object) -> str:
         """The target spec as ModelCache reads it (blank: the embedded default), if it is allowed."""
         text = check_text("target", "" if spec is None else spec).strip() or EMBEDDED_DEFAULT
@@ -147,7 +154,7 @@ class RunLimits:
         return (f"**Public demo limits.** Target model: {targets} only; drafters: the project's own (distilled, "
                 f"eagle, medusa, kangaroo:N, early-exit:N). At most {self.max_new_tokens:,} new tokens per run, "
                 f"prompts of up to {self.max_prompt_chars:,} characters, documents of up to "
-                f"{size_limit_text(self.max_document_bytes)}. Why: everyone here shares one machine, and this Space "
+                f"{size_limit_text(self.max_document_bytes)}, at most {self.max_lab_samples:,} Sampling lab samples. Why: everyone here shares one machine, and this Space "
                 "downloads no models from the Hugging Face hub. Run SpecViz on your own machine for other models and longer "
                 "runs.")
 

@@ -15,6 +15,7 @@ quiet machine: it times the CPU.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import socket
@@ -114,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--rounds and --max-new-tokens must be at least 1")
     if not Path(CHROMIUM).exists():
         parser.error(f"needs Chromium at {CHROMIUM} (apt-get install chromium)")
+    if importlib.util.find_spec("playwright") is None:
+        parser.error("needs the playwright package: pip install -e \".[test]\"")
     rounds = []
     for i in range(args.rounds):
         rounds.append(one_round(args.max_new_tokens, args.cold_disk))

@@ -13,6 +13,7 @@ timeout lets concurrent runs wait for the write lock instead of failing with "da
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ import threading
 from dataclasses import astuple, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import sqlite_utils
@@ -63,6 +65,21 @@ def default_db_path() -> Path:
         return Path(os.environ["SPECVIZ_DB"])
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return Path(base) / "specviz" / "specviz.db"
+
+
+@contextlib.contextmanager
+def write_transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction on an autocommit connection. IMMEDIATE: it takes the write lock at once (waiting up to
+    the busy timeout), where a deferred one that read first would fail with "database is locked" when it came to
+    write while another connection wrote."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 def _now() -> str:
@@ -391,7 +408,9 @@ class RunStore:
             for i, n in enumerate(event.new_tokens)
         ]
         db = self.db
-        with db.conn:
+        # one transaction (sqlite-utils' inserts nest as savepoints in it); `with db.conn:` would not be one: each
+        # insert would BEGIN and COMMIT on its own, and a kill between them would leave a step without its tokens
+        with write_transaction(db.conn):
             db["steps"].insert(step)
             if drafts:
                 db["draft_tokens"].insert_all(drafts)

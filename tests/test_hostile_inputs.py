@@ -282,6 +282,20 @@ def test_public_mode_refuses_what_it_does_not_serve(public_app, api, kwargs, mes
 
 
 @pytest.mark.slow
+def test_public_mode_caps_the_sampling_lab(public_app):
+    client, store, demo = public_app
+    slider = next(c["props"] for c in demo.config["components"] if c["props"].get("label") == "samples (N)")
+    assert slider["maximum"] == 300
+    with pytest.raises(gradio_client.exceptions.AppError, match="greater than maximum value 300"):
+        client.predict(prompt=PROMPT, samples=310, temperature=0.7, api_name="/sampling_lab")
+    # the widget's cap is a convenience: the handler refuses on its own
+    with pytest.raises(ConfigError, match="at most 300 samples per strategy"):
+        RunLimits.public_space().check_lab_samples(310)
+    assert RunLimits().check_lab_samples(1000) == 1000
+    assert store.list_runs() == []
+
+
+@pytest.mark.slow
 def test_public_mode_says_so_in_the_page_caps_the_widgets_and_still_runs(public_app, model_cache):
     client, store, demo = public_app
     components = demo.config["components"]

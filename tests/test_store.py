@@ -275,3 +275,19 @@ def test_v5_log_gains_the_lattice_column(tmp_path):
     assert store.load_events(run_id) == [_tree_event(0)]  # old steps replay without a lattice
     store.log_step(run_id, _lattice_event(1), first_seq=2)
     assert store.load_events(run_id)[1].lattice == _lattice_event(1).lattice
+
+
+def test_a_step_is_written_whole_or_not_at_all(tmp_path):
+    """One transaction per step: when its output tokens cannot be written (here: a sequence number already taken),
+    neither are the step's row and drafted tokens (a kill between two inserts would otherwise leave half a step)."""
+    import sqlite3
+
+    store = RunStore(tmp_path / "runs.db")
+    run_id = start(store)
+    store.log_step(run_id, make_event(0), first_seq=0)
+    with pytest.raises(sqlite3.IntegrityError):
+        store.log_step(run_id, make_event(1), first_seq=0)  # seq 0 is step 0's
+    db = store.db
+    assert [r["step_index"] for r in db["steps"].rows_where("run_id = ?", [run_id])] == [0]
+    assert {r["step_index"] for r in db["draft_tokens"].rows_where("run_id = ?", [run_id])} == {0}
+    assert store.load_events(run_id) == [make_event(0)]

@@ -210,8 +210,9 @@ def build_playground_tab(runner: Runner, store: RunStore, examples: list[SuitePr
     with gr.Row(equal_height=False):
         with gr.Column(scale=4, min_width=320, elem_classes=["controls"]):
             badge = gr.HTML(None, elem_id="model-badge", visible=warmup is not None, js_on_load=None)
-            prompt = gr.Textbox(showcase.setup.prompt if showcase else "", label="Prompt", lines=4, max_lines=12,
-                                elem_id="prompt", placeholder="Ask the model something, or pick an example below")
+            # empty, so that the API's prompt stays required; the page load puts the showcase's prompt in it
+            prompt = gr.Textbox(label="Prompt", lines=4, max_lines=12, elem_id="prompt",
+                                placeholder="Ask the model something, or pick an example below")
             category = build_category_picker(examples, elem_id="example-category")
             example = build_example_picker(examples, elem_id="example")
             strategy = build_strategy_controls("", "Strategy", PLAYGROUND_STRATEGY)

@@ -16,6 +16,7 @@ from specviz.limits import RunLimits
 
 MAX_NEW_TOKENS_LABEL = "max new tokens"  # controls.build_max_new_tokens
 TARGET_LABEL = "target model"  # the Playground's and Compare's target boxes
+LAB_SAMPLES_LABEL = "samples (N)"  # the Sampling lab's sample count
 
 
 def limits_note(limits: RunLimits) -> gr.Markdown | None:
@@ -36,6 +37,10 @@ def apply_public_limits(demo: gr.Blocks, limits: RunLimits) -> None:
             if isinstance(block.value, (int, float)):
                 block.value = min(block.value, limits.max_new_tokens)
             block.info = f"at most {limits.max_new_tokens:,} in this public demo"
+        elif isinstance(block, gr.Slider) and label == LAB_SAMPLES_LABEL:
+            block.maximum = min(block.maximum, limits.max_lab_samples)
+            if isinstance(block.value, (int, float)):
+                block.value = min(block.value, limits.max_lab_samples)
         elif isinstance(block, gr.Textbox) and label == TARGET_LABEL and limits.targets:
             block.value = limits.targets[0]
             block.interactive = len(limits.targets) > 1

@@ -280,6 +280,7 @@ class SamplingLabTab:
         """The `/sampling_lab` handler: validate, load (showing progress), sample with progress, then show the fit."""
         try:
             request = read_lab_request(LabInputs(prompt, strategy, temperature, top_k, top_p, samples, tokens))
+            self.runner.limits.check_lab_samples(request.samples)  # a public demo's are fewer
         except INPUT_ERRORS as exc:
             yield {self.status: error_status(exc)}
             return
