@@ -280,3 +280,16 @@ def test_eight_concurrent_clients_get_their_own_answers_and_every_run_is_logged(
         assert not any(html.escape(other, quote=False) in stream for other, _ in CONCURRENT if other != prompt)
     new = [r for r in store.list_runs() if r["id"] not in before]
     assert len(new) == len(CONCURRENT) and all(r["status"] == "finished" for r in new)
+
+
+@pytest.mark.slow
+def test_what_if_and_fork_act_on_the_clients_last_run(app):
+    """/what_if_k and /fork read the run this client (one session) last ran: no run yet gets a message."""
+    url, _, _ = app
+    client = gradio_client.Client(url, verbose=False)  # a session of its own
+    assert "no run to explore yet" in _status(client.predict(step=0, api_name="/what_if_k"))
+    client.predict(prompt=PROMPT, strategy="draft_model", max_new_tokens=10, api_name="/run")
+    status = _status(client.predict(step=1, api_name="/what_if_k"))
+    assert status.startswith("✓ Step 1:") and "agree" in status, status
+    status, sides = client.predict(step=1, strategy="prompt_lookup", max_new_tokens=6, api_name="/fork")
+    assert "Identical text" in sides, _status([status])

@@ -179,8 +179,18 @@ class RunView:
         events = state.get("events") or []
         shown = max(1, min(first + 1, len(events)))
         state = {**state, "shown": shown, "running": False}
-        return {**self.render(state, shown - 1), self.timer: gr.Timer(value=_interval(speed), active=True),
+        # no plots yet: the browser draws the first steps at once, the plots follow at the next plot tick
+        return {**self.render(state, shown - 1, plot=False), self.timer: gr.Timer(value=_interval(speed), active=True),
                 self.play: gr.update(value=PAUSE_LABEL)}
+
+    def show_initially(self, state: dict, focus: int) -> None:
+        """Make `state` (at step `focus`) what the page shows before any event: the first paint. Call before the
+        Blocks closes (its config is made then); the plots keep their empty figures."""
+        values = self.render(state, focus, plot=False)
+        for component in (self.stream, self.metrics, self.inspector):
+            component.value = values[component]
+        n_events = len(shown_events(state))
+        self.slider.maximum, self.slider.value = max(1, n_events - 1), focus
 
     def wire_playback(self) -> None:
         """Play / Pause and speed: unfold a finished run step by step (the token stream grows, the inspector follows

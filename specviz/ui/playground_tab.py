@@ -154,14 +154,19 @@ class PlaygroundTab:
         return {self.status: render.status_html("Stopped. The partial run is logged with status \"stopped\".", "info"),
                 **self.view.render(state)}
 
+    @staticmethod
+    def showcase_state(trace: RecordedTrace, shown: int | None = None) -> dict:
+        """A RunView state for the recorded run (its first `shown` steps; None: all)."""
+        setup, where = trace.setup, trace.recorded
+        return {**run_state(trace.events, setup.prompt, setup.label(), None, False, setup), "shown": shown,
+                "note": f"Recorded run, replayed: measured on {where.get('cpu', '?')}, {where.get('date', '?')}"}
+
     def open_showcase(self, trace: RecordedTrace | None, speed: float, request: gr.Request) -> dict:
         """The page's first seconds: the recorded showcase run unfolding step by step, its prompt in the box."""
         if trace is None:
             return {}
-        setup = trace.setup
-        where = trace.recorded
-        state = {**run_state(trace.events, setup.prompt, setup.label(), None, False, setup),
-                 "note": f"Recorded run, replayed: measured on {where.get('cpu', '?')}, {where.get('date', '?')}"}
+        setup, where = trace.setup, trace.recorded
+        state = self.showcase_state(trace)
         message = (f"Playing a recorded run: {trace.title} (recorded {where.get('date', '?')} on {where.get('cpu', '?')}). "
                    "Press Run to run this prompt live; ← → step, space pauses.")
         return {self.prompt: setup.prompt, self.status: render.status_html(message, "info"),
@@ -240,6 +245,8 @@ def build_playground_tab(runner: Runner, store: RunStore, examples: list[SuitePr
     wire_document_upload(document_file, document, status)
     tab = PlaygroundTab(runner, store, prompt, strategy, sampling, max_new, target, raw, document, run_button,
                         stop_button, status, view, device, badge)
+    if showcase is not None:  # the first paint already shows the showcase's first step; the page load plays it
+        tab.view.show_initially(tab.showcase_state(showcase, shown=1), 0)
     if warmup is not None:
         tab.wire_page_load(demo, showcase, warmup)
     strategy.show_defaults_on_load(demo)
