@@ -5,30 +5,16 @@ inspector, Compare and History, the diffusion lattice panel. Saves screenshots u
 
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-
-CHROMIUM = Path("/usr/bin/chromium")
-if not CHROMIUM.exists():
-    pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
+from browser_support import MARKS, chromium, open_page, set_number, sync_api  # noqa: E402
 
 from conftest import served_app  # noqa: E402
 
 
-pytestmark = [
-    pytest.mark.xdist_group("browser"),  # one worker: the tests share a launched app and run in order
-    pytest.mark.slow,
-    pytest.mark.browser,
-    # Gradio's own queue statistics trip pandas 3 deprecation warnings; nothing in SpecViz.
-    pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
-    pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
-]
+pytestmark = MARKS
 
 XSS_PROMPT = '<img src=x onerror="window.__xss=1">'
 TOKEN_SPANS = "#token-stream span.tok-accepted, #token-stream span.tok-recovered, #token-stream span.tok-bonus, #token-stream span.tok-baseline"
@@ -44,23 +30,8 @@ def server(tmp_path_factory, model_cache):
 @pytest.fixture(scope="module")
 def page(server):
     url, _ = server
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
-        )
-        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-        pg.goto(url)
-        pg.wait_for_selector("#prompt textarea", timeout=60_000)
-        yield pg
-        browser.close()
-
-
-def set_number(page, selector: str, value: int) -> None:
-    box = page.locator(selector)
-    box.fill(str(value))
-    box.press("Tab")
+    with chromium() as browser:
+        yield open_page(browser, url)
 
 
 def start_run(page, prompt: str, max_new_tokens: int) -> None:
@@ -129,7 +100,10 @@ def test_stop_cancels_a_run_and_logs_it_as_stopped(page, server):
     page.wait_for_function(  # this run's tokens, not the previous run's still on screen
         """() => {
             const s = document.querySelector('#token-stream');
-            return s && s.innerText.includes('lighthouse keeper') && s.querySelectorAll('span.tok').length >= 3;
+            // the prompt alone shows at once; wait for this run's own output tokens (a Stop before its first step
+            // would cancel a run that was never logged)
+            return s && s.innerText.includes('lighthouse keeper') && s.querySelectorAll(
+                'span.tok-accepted, span.tok-recovered, span.tok-bonus, span.tok-baseline').length >= 3;
         }""",
         timeout=LONG,
     )

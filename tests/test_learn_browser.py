@@ -5,31 +5,16 @@ interaction once and check it changed what is shown, switch to the Playground fr
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-
-CHROMIUM = Path("/usr/bin/chromium")
-if not CHROMIUM.exists():
-    pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
+from browser_support import MARKS, VIEWPORT, chromium, open_page  # noqa: E402
 
 from conftest import served_app  # noqa: E402
 
-pytestmark = [
-    pytest.mark.xdist_group("browser"),  # one worker: the tests share a launched app and run in order
-    pytest.mark.slow,
-    pytest.mark.browser,
-    # Gradio's own queue statistics trip pandas 3 deprecation warnings; nothing in SpecViz.
-    pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
-    pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
-]
+pytestmark = MARKS
 
 WAIT = 30_000  # ms: generous, the machine may be shared
-LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 
 
 @pytest.fixture(scope="module")
@@ -40,17 +25,14 @@ def server(tmp_path_factory, model_cache):
 
 @pytest.fixture(scope="module")
 def browser(server):
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS)
-        yield b
-        b.close()
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture(scope="module")
 def page(browser, server):
     url, _ = server
-    pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-    pg.goto(url)
+    pg = open_page(browser, url)
     pg.get_by_role("tab", name="Learn").click()
     pg.wait_for_selector("#lesson-1", state="visible", timeout=60_000)
     yield pg
@@ -137,7 +119,7 @@ def test_lesson_7_switches_to_the_playground(page):
 
 def test_deep_link_opens_lesson_3(browser, server):
     url, _ = server
-    pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+    pg = browser.new_page(viewport=VIEWPORT)
     try:
         pg.goto(url + "?lesson=3&__theme=dark")
         pg.wait_for_selector("#lesson-3", state="visible", timeout=60_000)

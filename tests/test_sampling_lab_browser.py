@@ -4,29 +4,15 @@ the dark theme's /tmp/specviz-sampling-lab-dark.png) for a human look."""
 
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-
-CHROMIUM = Path("/usr/bin/chromium")
-if not CHROMIUM.exists():
-    pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
+from browser_support import MARKS, chromium, open_page  # noqa: E402
 
 from conftest import served_app  # noqa: E402
 
-pytestmark = [
-    pytest.mark.xdist_group("browser"),  # one worker: the tests share a launched app and run in order
-    pytest.mark.slow,
-    pytest.mark.browser,
-    # Gradio's own queue statistics trip pandas 3 deprecation warnings; nothing in SpecViz.
-    pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
-    pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
-]
+pytestmark = MARKS
 
 LONG = 240_000  # ms: generous, the machine may be shared
 SAMPLES = 60
@@ -41,20 +27,12 @@ def server(tmp_path_factory, model_cache):
 
 @pytest.fixture(scope="module")
 def browser(server):
-    with sync_api.sync_playwright() as p:
-        launched = p.chromium.launch(
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
-        )
+    with chromium() as launched:
         yield launched
-        launched.close()
 
 
 def open_lab(browser, url: str):
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(url)
-    page.wait_for_selector("#prompt textarea", timeout=60_000)
+    page = open_page(browser, url)
     tab = page.get_by_role("tab", name="Sampling lab")
     if not tab.is_visible():  # many tabs: Gradio moves the last ones into an overflow menu
         page.locator(".overflow-menu button, button.overflow-dropdown, .tab-container button[aria-label*='more' i]").first.click()

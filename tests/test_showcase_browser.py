@@ -4,19 +4,12 @@ its most informative step; the live model's badge turns ready; a category fills 
 
 from __future__ import annotations
 
-import os
 import re
 import time
-from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-
-CHROMIUM = Path("/usr/bin/chromium")
-if not CHROMIUM.exists():
-    pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
+from browser_support import MARKS, chromium, open_page  # noqa: E402
 
 from conftest import served_app  # noqa: E402
 
@@ -24,12 +17,7 @@ from specviz.prompts import load_prompt_suite  # noqa: E402
 from specviz.traces import bundled_traces  # noqa: E402
 from specviz.ui.panels import most_informative_step  # noqa: E402
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.browser,
-    pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
-    pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
-]
+pytestmark = MARKS
 OUTPUT_TOKENS = "#token-stream span.tok-accepted, #token-stream span.tok-recovered, #token-stream span.tok-bonus"
 
 
@@ -42,15 +30,8 @@ def shown_step(page) -> tuple[int, int]:
 @pytest.fixture(scope="module")
 def page(tmp_path_factory, model_cache):
     with served_app(model_cache, tmp_path_factory.mktemp("showcase") / "runs.db") as (url, _):
-        with sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(
-                executable_path=str(CHROMIUM), headless=True,
-                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
-            )
-            pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-            pg.goto(url)
-            yield pg
-            browser.close()
+        with chromium() as browser:
+            yield open_page(browser, url, ready="#token-stream")
 
 
 def test_the_showcase_plays_on_load_and_ends_on_its_most_informative_step(page):

@@ -4,30 +4,16 @@ one of its steps; and the History copy's message when there is no run. Saves scr
 
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-
-CHROMIUM = Path("/usr/bin/chromium")
-if not CHROMIUM.exists():
-    pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
+from browser_support import MARKS, chromium, open_page, set_number, wait_text  # noqa: E402
 
 from conftest import served_app  # noqa: E402
 
 
-pytestmark = [
-    pytest.mark.xdist_group("browser"),  # one worker: the tests share a launched app and run in order
-    pytest.mark.slow,
-    pytest.mark.browser,
-    # Gradio's own queue statistics trip pandas 3 deprecation warnings; nothing in SpecViz.
-    pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
-    pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
-]
+pytestmark = MARKS
 
 LONG = 300_000  # ms: generous, the machine may be shared (what-if runs 16 model steps)
 
@@ -41,28 +27,8 @@ def server(tmp_path_factory, model_cache):
 @pytest.fixture(scope="module")
 def page(server):
     url, _ = server
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
-        )
-        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-        pg.goto(url)
-        pg.wait_for_selector("#prompt textarea", timeout=60_000)
-        yield pg
-        browser.close()
-
-
-def set_number(page, selector: str, value: int) -> None:
-    box = page.locator(selector)
-    box.fill(str(value))
-    box.press("Tab")
-
-
-def wait_text(page, selector: str, text: str, timeout: int = LONG) -> None:
-    page.wait_for_function(
-        "([s, t]) => (document.querySelector(s) || {}).innerText?.includes(t)", arg=[selector, text], timeout=timeout)
+    with chromium() as browser:
+        yield open_page(browser, url)
 
 
 def test_what_if_and_fork_at_a_step_of_a_playground_run(page, server):
@@ -73,7 +39,7 @@ def test_what_if_and_fork_at_a_step_of_a_playground_run(page, server):
     page.fill("#prompt textarea", "Name three colours of the rainbow.")
     set_number(page, "#max-new-tokens input[type=number]", 16)
     page.click("#run")
-    wait_text(page, "#status", "Finished run #")
+    wait_text(page, "#status", "Finished run #", LONG)
     # 2. step 1 in the inspector
     page.locator("#step-slider input[type=range]").press("Home")
     page.click("#step-next")
@@ -83,7 +49,7 @@ def test_what_if_and_fork_at_a_step_of_a_playground_run(page, server):
     page.wait_for_function("() => document.querySelector('#fork-strategy input')?.value === 'ar'", timeout=30_000)
     # 4. what if K = 1..8: a table of nine rows (the run's step, then each K) and the bar chart
     page.click("#whatif-k")
-    wait_text(page, "#whatif-status", "Step 1: fastest here K =")
+    wait_text(page, "#whatif-status", "Step 1: fastest here K =", LONG)
     assert page.locator("#whatif-table tr").count() == 10  # header + the run's step + K = 1..8
     page.wait_for_selector("#whatif-plot .js-plotly-plot svg", timeout=60_000)
     assert "agree ✓" in page.locator("#whatif-status").inner_text()
@@ -91,7 +57,7 @@ def test_what_if_and_fork_at_a_step_of_a_playground_run(page, server):
     # 5. fork with ar for 12 tokens: both continuations side by side, identical under greedy
     set_number(page, "#fork-max-tokens input[type=number]", 12)
     page.click("#fork")
-    wait_text(page, "#fork-result", "Identical text")
+    wait_text(page, "#fork-result", "Identical text", LONG)
     assert page.locator("#fork-result .side-tag").count() == 2
     assert page.locator("#fork-result .token-stream-inner").count() == 2
     assert re.search(r"matches the run's own continuation over \d+ tokens", page.locator("#fork-result").inner_text())

@@ -7,32 +7,18 @@ Screenshots for a human look: /tmp/specviz-light.png, /tmp/specviz-dark.png, /tm
 
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-
-CHROMIUM = Path("/usr/bin/chromium")
-if not CHROMIUM.exists():
-    pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
+from browser_support import MARKS, VIEWPORT, chromium  # noqa: E402
 
 from conftest import served_app  # noqa: E402
 
 from engine import RunMetrics  # noqa: E402
 from specviz.traces import bundled_traces  # noqa: E402
 
-pytestmark = [
-    pytest.mark.xdist_group("browser"),  # one worker: the tests share a launched app and run in order
-    pytest.mark.slow,
-    pytest.mark.browser,
-    # Gradio's own queue statistics trip pandas 3 deprecation warnings; nothing in SpecViz.
-    pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
-    pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
-]
+pytestmark = MARKS
 
 TRACES = bundled_traces()
 if "showcase" not in TRACES or "diffusion" not in TRACES:
@@ -66,19 +52,13 @@ def server(tmp_path_factory, model_cache):
 
 @pytest.fixture(scope="module")
 def browser(server):
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
-        )
-        yield browser
-        browser.close()
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture(scope="module")
 def context(browser):
-    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+    ctx = browser.new_context(viewport=VIEWPORT)
     yield ctx
     ctx.close()
 

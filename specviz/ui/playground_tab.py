@@ -49,7 +49,8 @@ from .warmup import ModelWarmup
 from .panels import PLOT_EVERY_STEPS, RunView, build_inspector_panel, build_plot_panel, build_stream_panel, run_state, wait_until_closed
 
 PLAYGROUND_STRATEGY = "hybrid_tree"  # the fastest lossless strategy measured (README)
-PLOT_MIN_INTERVAL_S = 0.75  # and at most this often while streaming
+PLOT_MIN_INTERVAL_S = 0.75
+LATE_UPDATE_S = 1.0  # after a Stop, how long a cancelled run's last update may still be on its way  # and at most this often while streaming
 
 
 class PlotThrottle:
@@ -143,17 +144,21 @@ class PlaygroundTab:
         finally:
             updates.close()  # a Stop (generator closed) marks the run "stopped" in the log
 
-    def after_stop(self, state: dict | None) -> dict:
+    def after_stop(self, state: dict | None) -> Iterator[dict]:
         if not state or not state.get("running"):  # nothing streamed yet (or already finished)
-            return {self.status: render.status_html("Stopped.", "info")}
-        # Cancelling races with the run's next update: wait until the run is closed in the log, after which
-        # no late update can overwrite this one, then show every logged step.
+            yield {self.status: render.status_html("Stopped.", "info")}
+            return
+        # Cancelling races with the run's next update: wait until the run is closed in the log, then show every
+        # logged step; and once more a moment later, over any update the cancelled run had already sent on its way
+        # (on a busy machine one can arrive after this one).
         run_id = state.get("run_id")
         if run_id is not None and wait_until_closed(self.store, [run_id]):
             state = {**state, "events": self.store.load_events(run_id)}
         state = {**state, "running": False}
-        return {self.status: render.status_html("Stopped. The partial run is logged with status \"stopped\".", "info"),
-                **self.view.render(state)}
+        stopped = render.status_html("Stopped. The partial run is logged with status \"stopped\".", "info")
+        yield {self.status: stopped, **self.view.render(state)}
+        time.sleep(LATE_UPDATE_S)
+        yield {self.status: stopped, **self.view.render(state, plot=False)}
 
     @staticmethod
     def showcase_state(trace: RecordedTrace, shown: int | None = None) -> dict:
