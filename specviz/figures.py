@@ -69,6 +69,18 @@ def one_line(text: str, limit: int = TITLE_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
+def message_figure(message: str, colour: str = GREY) -> go.Figure:
+    """No axes, only `message` (escaped) in the middle, on a transparent background: a plot's place while there is
+    nothing to draw (an input to fix, a run not started)."""
+    fig = go.Figure()
+    fig.add_annotation(text=html.escape(message), xref="paper", yref="paper", x=0.5, y=0.5, showarrow=False,
+                       font=dict(size=14, color=colour))
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    fig.update_layout(**BACKGROUNDS)
+    return fig
+
+
 def rolling_mean(values: Sequence[float], window: int = ROLLING_WINDOW) -> list[float]:
     out, total = [], 0.0
     for i, v in enumerate(values):

@@ -32,7 +32,7 @@ from engine.analysis.optimal_acceptance import (
     parse_distribution,
     report,
 )
-from specviz.figures import BLUE, GREEN, GREY, ORANGE
+from specviz.figures import BLUE, GREEN, GREY, ORANGE, message_figure
 
 from . import render
 
@@ -98,13 +98,8 @@ def _layout(fig: go.Figure) -> go.Figure:
 
 
 def empty_figure(message: str) -> go.Figure:
-    """No axes, just `message` (escaped) in grey: shown while the input is invalid."""
-    fig = go.Figure()
-    fig.add_annotation(text=html.escape(message), xref="paper", yref="paper", x=0.5, y=0.5, showarrow=False,
-                       font=dict(size=14, color=GREY))
-    fig.update_xaxes(visible=False)
-    fig.update_yaxes(visible=False)
-    return _layout(fig)
+    """No axes, just `message` in grey, in the bound figure's layout: shown while the input is invalid."""
+    return _layout(message_figure(message))
 
 
 def bound_figure(rep: AcceptanceReport) -> go.Figure:

@@ -20,7 +20,7 @@ import gradio as gr
 import plotly.graph_objects as go
 
 from specviz.compare import prepare_in_thread
-from specviz.figures import BLUE, GREY, VERMILLION
+from specviz.figures import BLUE, GREY, VERMILLION, message_figure
 from specviz.prompts import SuitePrompt
 from specviz.runner import PreparedRun, Runner
 from specviz.sampling_lab import (
@@ -162,13 +162,9 @@ def _layout(fig: go.Figure, result: LabResult) -> go.Figure:
 
 
 def empty_figure(message: str) -> go.Figure:
-    """No axes, just a message (escaped) in the page's subdued colour."""
-    fig = go.Figure()
-    fig.add_annotation(text=render.esc(message), xref="paper", yref="paper", x=0.5, y=0.5, showarrow=False,
-                       font=dict(size=14, color=FONT_COLOUR))
-    fig.update_xaxes(visible=False)
-    fig.update_yaxes(visible=False)
-    fig.update_layout(height=480, paper_bgcolor="rgba(0,0,0,0)", plot_bgcolor="rgba(0,0,0,0)")
+    """No axes, just a message in the page's subdued colour, as tall as the lab's figure."""
+    fig = message_figure(message, FONT_COLOUR)
+    fig.update_layout(height=480)
     return fig
 
 
